@@ -1,0 +1,35 @@
+"""The MNIST-1D multilayer perceptron (Greydanus & Kobak 2020): 40 -> 100 -> 100 -> 10, ReLU."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from regbench.models.slots import Slots
+
+
+class MLP(nn.Module):
+    """Fully-connected classifier: [linear -> activation -> hidden slot] x depth -> linear.
+
+    The input is flattened, so any input shape works.
+    """
+
+    SLOTS = frozenset({"input", "hidden", "linear", "activation"})
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int, depth: int,
+                 slots: Slots | None = None):
+        super().__init__()
+        slots = slots or Slots()
+        self.input_drop = slots.input()
+        layers: list[nn.Module] = []
+        width = math.prod(input_shape)
+        for _ in range(depth):
+            layers += [slots.linear(width, hidden), slots.activation(), slots.hidden()]
+            width = hidden
+        self.hidden = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(self.input_drop(x.flatten(1))))
