@@ -1,0 +1,34 @@
+# regbench. `make run` and `make test` work on a fresh clone: they create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
+
+.PHONY: setup run test test-slow tables bench study clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned: its CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)     ## the default sweep on MNIST-1D (4 arms x 3 seeds, both cores), then its table
+	$(PY) run.py -m hydra/launcher=joblib $(SWEEP)
+	$(PY) -m regbench.tables runs/default
+
+test: $(STAMP)    ## the test suite (slow tests excluded; see test-slow)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+tables: $(STAMP)  ## regenerate every report from the records on disk (no training)
+	$(PY) -m regbench.tables --each runs experiments
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache

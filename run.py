@@ -1,0 +1,19 @@
+"""regbench's entry point: `python run.py [overrides]`, `python run.py -m ...` for sweeps."""
+
+import hydra
+from omegaconf import DictConfig
+
+from regbench.naming import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from regbench.app import run  # heavy imports (torch, Lightning) only once a run starts
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The composition root: the one place that reads the whole config and builds everything from it.
+
+`run(cfg)` validates the config, skips a run that already finished, builds data, model,
+regularization, LightningModule, callbacks and Trainer, trains, tests, and writes the run's
+`results.json`. Everything below receives plain arguments, never the config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from regbench.config import ConfigError, RunConfig, validate
+from regbench.naming import group_hash
+from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
+
+log = logging.getLogger("regbench")
+
+
+def _run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Hydra task: one run. Returns its test accuracy (None when skipped or not ok)."""
+    run_dir = _run_dir()
+    try:
+        rc = validate(cfg)
+    except ConfigError as e:
+        _remove_if_empty(run_dir)
+        print(f"regbench: invalid config: {e}", file=sys.stderr)
+        sys.exit(2)
+
+    done = run_dir / RESULTS_FILE
+    if done.exists() and not rc.force:
+        try:
+            if read_record(done)["status"] == "ok":
+                log.info("skipping %s: results.json says ok (force=true reruns it)", run_dir.name)
+                return None
+        except ValueError as e:
+            log.warning("%s; rerunning", e)
+
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    logging.getLogger().addHandler(handler)
+    record = empty_record()
+    record.update(run_id=run_dir.name, seed=rc.seed, data=rc.data.name, model=rc.model.name,
+                  regularizer=rc.regularizer.name, group_hash=group_hash(cfg),
+                  config=OmegaConf.to_container(cfg, resolve=True))
+    try:
+        record.update(train(rc, run_dir, data_keys=[k for k in cfg.data if k != "name"],
+                                 model_keys=[k for k in cfg.model if k != "name"]))
+    except Exception as e:  # a failed run is recorded, never lost
+        (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        write_record(run_dir, record)
+        log.error("run %s failed: %s (traceback in %s)", run_dir.name, record["error"], run_dir / "traceback.txt")
+        if not _is_multirun():
+            raise
+        return None
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    write_record(run_dir, record)
+    log.info("%s: %s test/acc %.4f (%d epochs, %.1f s)", run_dir.name, record["status"],
+             record["metrics"]["test/acc"], record["epochs_trained"], record["train_seconds"])
+    return record["metrics"]["test/acc"]
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Hydra creates the run folder before the task starts; a rejected config leaves nothing behind."""
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def pick_device(accelerator: str) -> str:
+    import torch
+
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "cuda"
+    if accelerator in ("gpu", "cuda"):
+        raise ConfigError(f"trainer.accelerator={accelerator!r} but no CUDA device is available: use auto or cpu")
+    if accelerator == "mps":
+        return "mps"
+    return "cpu"
+
+
+def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[str]) -> dict[str, Any]:
+    """Build everything from the validated config, train, test; return the record's measured fields.
+
+    Only the keys a data / model YAML sets are passed to its builder (the schema knows the keys of
+    every dataset and model; each builder takes its own).
+    """
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from regbench.data import build_data
+    from regbench.models import build_model
+    from regbench.regularizers import build_regularization
+    from regbench.training.callbacks import BestWeights, DivergenceGuard, EpochProgress, History
+    from regbench.training.loop import EpochPlans, FullBatch, evaluate
+    from regbench.training.module import Classifier
+
+    t0 = time.perf_counter()
+    if rc.trainer.threads:
+        torch.set_num_threads(rc.trainer.threads)
+    device = pick_device(rc.trainer.accelerator)
+    data_kwargs = {k: getattr(rc.data, k) for k in data_keys}
+    data = build_data(rc.data.name, **data_kwargs).to(device)
+
+    r = rc.regularizer
+    reg = build_regularization(r.name, dropout=r.dropout, early_stop=r.early_stop, weight_decay=r.weight_decay,
+                               maxnorm=r.maxnorm, rdrop_alpha=r.rdrop_alpha, mc_samples=r.mc_samples,
+                               max_epochs=rc.trainer.max_epochs)
+    pl.seed_everything(rc.seed, workers=False, verbose=False)
+    model_kwargs = {k: getattr(rc.model, k) for k in model_keys}
+    net = build_model(rc.model.name, data.input_shape, data.num_classes, reg.slots, regularizer=r.name,
+                      data_name=rc.data.name, **model_kwargs)
+    module = Classifier(net, reg.objective, make_optimizer(rc.optim.name, rc.optim.lr, rc.optim.momentum,
+                                                           reg.weight_decay),
+                        rc.optim.batch_size, rc.trainer.eval_batch_size)
+
+    best = BestWeights(reg.monitor, reg.mode, restore=reg.restore_best)
+    history, guard = History(), DivergenceGuard()
+    callbacks = [*reg.callbacks, best, history, guard, EpochProgress(rc.trainer.progress_every, run_dir.name)]
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    trainer = pl.Trainer(
+        max_epochs=rc.trainer.max_epochs, accelerator="gpu" if device == "cuda" else device,
+        devices=rc.trainer.devices, precision=rc.trainer.precision, deterministic=rc.trainer.deterministic,
+        check_val_every_n_epoch=rc.trainer.check_val_every_n_epoch,
+        callbacks=callbacks, logger=logger, log_every_n_steps=1, num_sanity_val_steps=0,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=str(run_dir),
+    )
+    train_batches = EpochPlans(data.x_train, data.y_train, seed=rc.seed)
+    val_batches = FullBatch(data.x_val, data.y_val)
+    setup_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches)
+    train_seconds = time.perf_counter() - t1
+
+    chunk = rc.trainer.eval_batch_size
+    final = {split: evaluate(net, x, y, chunk, mc_samples=reg.mc_samples)
+             for split, (x, y) in {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val),
+                                   "test": (data.x_test, data.y_test)}.items()}
+    metrics = {f"{s}/{m}": final[s][m] for s in ("train", "val", "test") for m in ("acc", "loss")}
+    h = history.rows
+    finite_val = [(l, a) for l, a in zip(h["val/loss"], h["val/acc"]) if l == l]
+    metrics["best_val/loss"] = min((l for l, _ in finite_val), default=float("nan"))
+    metrics["best_val/acc"] = max((a for _, a in finite_val), default=float("nan"))
+
+    stopper = next((c for c in reg.callbacks if hasattr(c, "stopped_epoch")), None)
+    stopped_epoch = getattr(stopper, "stopped_epoch", None) if stopper else None
+    diverged = guard.diverged_epoch is not None or not all(map(_finite, metrics.values()))
+    logger.log_hyperparams(_flat_hparams(rc), metrics={f"hp/{k}": v for k, v in metrics.items()})
+    logger.finalize("success")
+    extra: dict[str, Any] = {"setup_seconds": setup_seconds, "device": device,
+                             "parameters": sum(p.numel() for p in net.parameters())}
+    if reg.mc_samples:
+        extra["mc_entropy_test"] = final["test"]["entropy"]
+    return {
+        "status": "diverged" if diverged else "ok",
+        "metrics": metrics,
+        "best_epoch": best.best_epoch,
+        "epochs_trained": len(h["epoch"]),
+        "stopped_early": stopped_epoch is not None,
+        "stopped_epoch": stopped_epoch,
+        "stop_reason": getattr(stopper, "reason", None) if stopped_epoch is not None else None,
+        "restored_best": best.restored,
+        "steps": module.steps,
+        "train_seconds": train_seconds,
+        "history": h,
+        "diverged_epoch": guard.diverged_epoch,
+        "error": f"loss became non-finite at epoch {guard.diverged_epoch}" if diverged else None,
+        "extra": extra,
+    }
+
+
+def _finite(v: float) -> bool:
+    return v == v and abs(v) != float("inf")
+
+
+def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
+    """A factory (net -> optimizer). Weight decay is an L2 penalty on weights only, not biases."""
+    import torch
+
+    def build(net):
+        decay = [p for p in net.parameters() if p.dim() > 1]
+        no_decay = [p for p in net.parameters() if p.dim() <= 1]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if name == "adam":
+            return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+    return build
+
+
+def _flat_hparams(rc: RunConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+
+    def walk(d: Any, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif k not in ("root",):
+                flat[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+    walk(asdict(rc), "")
+    return flat

@@ -1,0 +1,210 @@
+"""The config schema: types, allowed ranges and choices of every key, checked before training.
+
+The YAML files under `conf/` hold every value; these dataclasses hold none of them (fields are
+MISSING, or a neutral None / 0 for an absent regularizer component). `validate(cfg)` merges the
+composed config into the schema, which refuses unknown keys and wrong types, then checks each
+field's range or choices, declared once here in the field's metadata. Errors name the key, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type, or out of its allowed range."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    lo: float
+    hi: float
+    lo_closed: bool = True
+    hi_closed: bool = True
+
+    def __contains__(self, v: float) -> bool:
+        if isinstance(v, float) and math.isnan(v):
+            return False
+        above = v >= self.lo if self.lo_closed else v > self.lo
+        below = v <= self.hi if self.hi_closed else v < self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        hi = "inf" if self.hi == math.inf else f"{self.hi:g}"
+        closing = "]" if self.hi_closed and self.hi != math.inf else ")"
+        return f"{'[' if self.lo_closed else '('}{self.lo:g}, {hi}{closing}"
+
+
+INF = math.inf
+PROB = Interval(0, 1, True, False)          # a drop probability: p = 1 would drop everything
+POS_INT = Interval(1, INF)
+NONNEG = Interval(0, INF)
+POS = Interval(0, INF, False)
+
+
+def rng(interval: Interval, default: Any = MISSING) -> Any:
+    return field(default=default, metadata={"range": interval})
+
+
+def one_of(*choices: str, default: Any = MISSING) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = MISSING                       # cache / download folder
+    val_size: int = rng(POS_INT)
+    split_seed: int = rng(NONNEG)             # fixed: every arm and seed sees the same split
+    train_size: Optional[int] = rng(POS_INT, None)
+    generator_seed: Optional[int] = rng(NONNEG, None)   # mnist1d only
+    test_size: Optional[int] = rng(POS_INT, None)       # datasets without an official test split
+    resize: Optional[list[int]] = None        # [H, W] for image datasets
+    download: Optional[bool] = None          # mnist, fashion_mnist, cifar10: fetch when absent
+
+
+# --------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    hidden: Optional[int] = rng(POS_INT, None)
+    depth: Optional[int] = rng(Interval(0, INF), None)
+    channels: Optional[int] = rng(POS_INT, None)
+
+
+# --------------------------------------------------------------------------------- regularizer
+DROPOUT_KINDS = ("bernoulli", "gaussian", "alpha", "dropconnect", "spatial", "dropblock", "drop_path")
+SCHEDULES = ("constant", "curriculum", "early")
+CRITERIA = ("patience", "gl", "pq", "up")
+MONITORS = ("val/loss", "val/acc")
+
+
+@dataclass
+class DropoutConfig:
+    kind: str = one_of(*DROPOUT_KINDS)
+    p: float = rng(PROB)                      # hidden-unit drop probability
+    input_p: float = rng(PROB, 0.0)           # input drop probability (0 = none)
+    block_size: Optional[int] = rng(POS_INT, None)       # dropblock
+    schedule: str = one_of(*SCHEDULES, default="constant")
+    schedule_gamma: Optional[float] = rng(POS, None)      # curriculum: p(t) = p (1 - exp(-gamma t))
+    schedule_until: Optional[float] = rng(Interval(0, 1, False, True), None)  # early: fraction of epochs
+
+
+@dataclass
+class EarlyStopConfig:
+    criterion: str = one_of(*CRITERIA)
+    monitor: str = one_of(*MONITORS)
+    patience: Optional[int] = rng(POS_INT, None)          # criterion=patience
+    min_delta: float = rng(NONNEG, 0.0)
+    alpha: Optional[float] = rng(POS, None)               # criteria gl, pq
+    strip: Optional[int] = rng(POS_INT, None)             # k, criteria pq, up
+    strips: Optional[int] = rng(POS_INT, None)            # s, criterion up
+    restore_best: bool = True
+
+
+@dataclass
+class RegularizerConfig:
+    name: str = MISSING
+    dropout: Optional[DropoutConfig] = None
+    early_stop: Optional[EarlyStopConfig] = None
+    weight_decay: float = rng(NONNEG, 0.0)                # L2 penalty on weights (not biases)
+    maxnorm: Optional[float] = rng(POS, None)             # c: ||w_unit||_2 <= c
+    rdrop_alpha: Optional[float] = rng(POS, None)         # R-Drop consistency weight
+    mc_samples: int = rng(NONNEG, 0)                      # MC dropout passes at test time
+
+
+# -------------------------------------------------------------------------------- optimization
+@dataclass
+class OptimConfig:
+    name: str = one_of("adam", "sgd")
+    lr: float = rng(Interval(0, INF, False, True))
+    batch_size: int = rng(POS_INT)
+    momentum: float = rng(Interval(0, 1, True, False), 0.0)   # sgd only
+
+
+@dataclass
+class TrainerConfig:
+    # Lightning Trainer arguments, Lightning's names, passed through unchanged
+    max_epochs: int = rng(POS_INT)
+    accelerator: str = one_of("auto", "cpu", "gpu", "cuda", "mps")
+    devices: Any = 1
+    precision: str = one_of("32-true", "16-mixed", "bf16-mixed", "64-true")
+    deterministic: bool = True
+    check_val_every_n_epoch: int = rng(POS_INT, 1)
+    # regbench's own (not Trainer arguments)
+    threads: int = rng(Interval(0, 1024))             # torch intra-op threads; 0 = leave torch's default
+    progress_every: int = rng(NONNEG)                 # epochs between progress lines; 0 = none
+    eval_batch_size: int = rng(POS_INT)
+
+
+# ---------------------------------------------------------------------------------------- root
+@dataclass
+class RunConfig:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    regularizer: RegularizerConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    seed: int = rng(NONNEG)
+    name: str = MISSING                 # runs go to <runs_root>/<name>/<run id>
+    runs_root: str = MISSING
+    force: bool = False                 # rerun a run whose results.json already says ok
+
+
+def _check_ranges(obj: Any, path: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, key)
+            continue
+        if value is None:
+            continue
+        if "range" in f.metadata and value not in f.metadata["range"]:
+            raise ConfigError(f"{key}={value!r} is out of range: allowed {f.metadata['range']}")
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(f.metadata['choices'])}")
+
+
+def _require(cfg: RunConfig) -> None:
+    """Cross-field rules: a component's options that its kind needs."""
+    d, e = cfg.regularizer.dropout, cfg.regularizer.early_stop
+    if d is not None:
+        if d.kind == "dropblock" and d.block_size is None:
+            raise ConfigError("regularizer.dropout.block_size is required for kind=dropblock: allowed [1, inf)")
+        if d.schedule == "curriculum" and d.schedule_gamma is None:
+            raise ConfigError("regularizer.dropout.schedule_gamma is required for schedule=curriculum: allowed (0, inf)")
+        if d.schedule == "early" and d.schedule_until is None:
+            raise ConfigError("regularizer.dropout.schedule_until is required for schedule=early: allowed (0, 1]")
+    if e is not None:
+        needs = {"patience": ["patience"], "gl": ["alpha"], "pq": ["alpha", "strip"], "up": ["strip", "strips"]}
+        for k in needs[e.criterion]:
+            if getattr(e, k) is None:
+                raise ConfigError(f"regularizer.early_stop.{k} is required for criterion={e.criterion}")
+    if cfg.regularizer.rdrop_alpha is not None and d is None:
+        raise ConfigError("regularizer.rdrop_alpha needs regularizer.dropout (R-Drop compares two dropout passes)")
+    if cfg.regularizer.mc_samples > 0 and d is None:
+        raise ConfigError("regularizer.mc_samples > 0 needs regularizer.dropout (MC dropout samples dropout masks)")
+
+
+def validate(cfg: DictConfig | dict) -> RunConfig:
+    """Merge `cfg` into the schema and check every value; return the typed config or raise ConfigError."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+        run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        # OmegaConf's message already names the full key and the value; keep its first lines
+        msg = str(e).split("\n    full_key")[0].strip()
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{key}: {msg}" if key and key not in msg else msg) from None
+    _check_ranges(run, "")
+    _require(run)
+    return run

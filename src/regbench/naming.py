@@ -1,0 +1,69 @@
+"""Run identity: a run's folder name and its pooling key are derived from its config, never the clock.
+
+    run_id      "<data>-<model>-<regularizer>[-p<p>]-s<seed>-<hash8>": readable parts plus a hash of
+                every result-changing key, so rerunning the same config finds the same folder and
+                two different configs never share one.
+    group_hash  hash of the config minus the seed and the regularizer: runs are pooled in a table
+                only when it agrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# keys that never change a run's numbers: where it is written, whether to redo it, how chatty it is
+NON_RESULT_KEYS = ("name", "runs_root", "force", "hydra")
+NON_RESULT_TRAINER_KEYS = ("progress_every", "eval_batch_size")
+
+
+def _plain(cfg: DictConfig | dict) -> dict[str, Any]:
+    """Resolved plain dict of a config without the Hydra node (resolving it would recurse here)."""
+    if isinstance(cfg, DictConfig):
+        return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+                for k in cfg if k != "hydra"}
+    return {k: v for k, v in cfg.items() if k != "hydra"}
+
+
+def result_config(cfg: DictConfig | dict) -> dict[str, Any]:
+    """The part of the config that can change a run's numbers."""
+    d = _plain(cfg)
+    for k in NON_RESULT_KEYS:
+        d.pop(k, None)
+    trainer = dict(d.get("trainer") or {})
+    for k in NON_RESULT_TRAINER_KEYS:
+        trainer.pop(k, None)
+    d["trainer"] = trainer
+    d.get("data", {}).pop("root", None)   # where the cache lives is not what it holds
+    return d
+
+
+def short_hash(obj: Any, n: int = 8) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def group_hash(cfg: DictConfig | dict) -> str:
+    d = result_config(cfg)
+    d.pop("seed", None)
+    d.pop("regularizer", None)
+    return short_hash(d)
+
+
+def run_id(cfg: DictConfig | dict) -> str:
+    d = result_config(cfg)
+    parts = [str(d["data"]["name"]), str(d["model"]["name"]), str(d["regularizer"]["name"])]
+    dropout = d["regularizer"].get("dropout")
+    if dropout:
+        parts.append(f"p{dropout['p']:g}")
+    parts.append(f"s{d['seed']}")
+    parts.append(short_hash(d))
+    return "-".join(parts).replace("/", "_")
+
+
+def register_resolvers() -> None:
+    """`${regbench_run_id:}` in hydra.run.dir / hydra.sweep.subdir (reads the whole config via _root_)."""
+    if not OmegaConf.has_resolver("regbench_run_id"):
+        OmegaConf.register_new_resolver("regbench_run_id", lambda *, _root_: run_id(_root_))

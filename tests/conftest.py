@@ -1,0 +1,43 @@
+"""Shared test helpers: compose the real config, run the real command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory):
+    """One dataset cache for the whole session (MNIST-1D generation takes ~2 s)."""
+    path = os.environ.get("REGBENCH_DATA") or str(tmp_path_factory.mktemp("data"))
+    os.environ["REGBENCH_DATA"] = path
+    return Path(path)
+
+
+def compose(overrides: list[str] | None = None):
+    """The config `python run.py OVERRIDES` would get (without the hydra node)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from regbench.naming import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides or [])
+
+
+def cli(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python run.py ARGS` (or `python -m ...` when args start with -m) as a user would."""
+    cmd = [sys.executable, *args] if args[0] in ("-m",) or args[0].endswith(".py") else [sys.executable, str(ROOT / "run.py"), *args]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def tiny(*extra: str) -> list[str]:
+    """Overrides for a run of a few seconds: 3 epochs, quiet."""
+    return ["trainer.max_epochs=3", "trainer.progress_every=0", *extra]

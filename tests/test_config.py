@@ -1,0 +1,97 @@
+"""Config composition for every group option, and validation of bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CONF, cli, compose
+from regbench.config import ConfigError, validate
+
+GROUPS = ["data", "model", "regularizer", "optim", "trainer"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes_and_validates(group, option):
+    cfg = compose([f"{group}={option}"])
+    rc = validate(cfg)
+    assert getattr(rc, group).name == option if hasattr(getattr(rc, group), "name") else True
+
+
+def test_defaults_are_the_mnist1d_benchmark_protocol():
+    rc = validate(compose())
+    assert (rc.data.name, rc.model.name, rc.regularizer.name) == ("mnist1d", "mlp", "none")
+    assert (rc.optim.name, rc.optim.lr, rc.optim.batch_size) == ("adam", 0.01, 100)
+    steps = (4000 - rc.data.val_size) // rc.optim.batch_size * rc.trainer.max_epochs
+    assert 5500 <= steps <= 6500, steps  # "about 6000 steps"
+
+
+def test_combined_arm_takes_its_values_from_both_components():
+    both = validate(compose(["regularizer=dropout_early_stop"])).regularizer
+    d = validate(compose(["regularizer=dropout"])).regularizer.dropout
+    e = validate(compose(["regularizer=early_stop"])).regularizer.early_stop
+    assert both.dropout == d and both.early_stop == e and both.name == "dropout_early_stop"
+
+
+# (override, text the message must contain): each names the key, the value and what is allowed
+BAD = [
+    ("regularizer=dropout regularizer.dropout.p=1.5", "regularizer.dropout.p=1.5 is out of range: allowed [0, 1)"),
+    ("regularizer=dropout regularizer.dropout.p=-0.1", "regularizer.dropout.p=-0.1 is out of range"),
+    ("regularizer=dropout regularizer.dropout.input_p=1.0", "regularizer.dropout.input_p=1.0 is out of range: allowed [0, 1)"),
+    ("regularizer=early_stop regularizer.early_stop.patience=0", "regularizer.early_stop.patience=0 is out of range: allowed [1, inf)"),
+    ("regularizer=early_stop regularizer.early_stop.min_delta=-1", "regularizer.early_stop.min_delta=-1.0 is out of range"),
+    ("regularizer=early_stop regularizer.early_stop.monitor=val/f1", "regularizer.early_stop.monitor='val/f1' is not allowed: choose one of val/loss, val/acc"),
+    ("trainer.max_epochs=-3", "trainer.max_epochs=-3 is out of range: allowed [1, inf)"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 is out of range"),
+    ("optim.lr=0", "optim.lr=0.0 is out of range: allowed (0, inf)"),
+    ("optim.batch_size=0", "optim.batch_size=0 is out of range"),
+    ("data.val_size=0", "data.val_size=0 is out of range"),
+    ("data.train_size=-5", "data.train_size=-5 is out of range"),
+    ("seed=-1", "seed=-1 is out of range: allowed [0, inf)"),
+    ("model.hidden=0", "model.hidden=0 is out of range"),
+    ("trainer.threads=-2", "trainer.threads=-2 is out of range"),
+    ("optim=sgd optim.momentum=1.0", "optim.momentum=1.0 is out of range: allowed [0, 1)"),
+    ("regularizer=weight_decay regularizer.weight_decay=-1e-4", "regularizer.weight_decay=-0.0001 is out of range"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_values_name_key_value_and_range(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        validate(compose(overrides.split()))
+    assert message in str(e.value)
+
+
+def test_wrong_type_and_unknown_key_are_refused():
+    with pytest.raises(ConfigError, match="trainer.max_epochs"):
+        validate(compose(["trainer.max_epochs=many"]))
+    with pytest.raises(ConfigError, match="dropuot"):
+        validate(compose(["+regularizer.dropuot=0.5"]))
+
+
+def test_component_options_its_kind_needs():
+    with pytest.raises(ConfigError, match="block_size is required"):
+        validate(compose(["regularizer=dropout", "regularizer.dropout.kind=dropblock"]))
+    with pytest.raises(ConfigError, match="mc_samples > 0 needs regularizer.dropout"):
+        validate(compose(["+regularizer.mc_samples=10"]))
+
+
+def test_cli_rejects_bad_value_before_training_and_writes_nothing(tmp_path):
+    r = cli("regularizer=dropout", "regularizer.dropout.p=1.5", f"runs_root={tmp_path}")
+    assert r.returncode == 2, r.stderr
+    assert "regularizer.dropout.p=1.5 is out of range: allowed [0, 1)" in r.stderr
+    assert list(tmp_path.rglob("*")) == [] or all(p.is_dir() for p in tmp_path.rglob("*"))
+    assert not list(tmp_path.rglob("results.json"))
+    assert not list(tmp_path.rglob("*.log"))
+
+
+def test_cli_unknown_group_option_lists_the_options(tmp_path):
+    r = cli("regularizer=dropuot", f"runs_root={tmp_path}")
+    assert r.returncode != 0
+    assert "Could not find 'regularizer/dropuot'" in r.stderr
+    for option in ("none", "dropout", "early_stop", "dropout_early_stop"):
+        assert option in r.stderr
+    assert not list(tmp_path.rglob("results.json"))
