@@ -8,7 +8,7 @@ regularization, LightningModule, callbacks and Trainer, trains, tests, and write
 from __future__ import annotations
 
 import logging
-import os
+import shutil
 import sys
 import time
 import traceback
@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from regbench.config import ConfigError, RunConfig, validate
 from regbench.naming import group_hash
 from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
+from regbench.rundir import CHECKPOINT_DIR, RunLock, clean_partial, last_checkpoint
 
 log = logging.getLogger("regbench")
 
@@ -38,8 +39,8 @@ def _is_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run(cfg: DictConfig) -> float | None:
-    """Hydra task: one run. Returns its test accuracy (None when skipped or not ok)."""
+def run(cfg: DictConfig) -> str:
+    """Hydra task: one run. Returns what happened: ok, diverged, failed, skipped (done before) or busy."""
     run_dir = _run_dir()
     try:
         rc = validate(cfg)
@@ -53,11 +54,24 @@ def run(cfg: DictConfig) -> float | None:
         try:
             if read_record(done)["status"] == "ok":
                 log.info("skipping %s: results.json says ok (force=true reruns it)", run_dir.name)
-                return None
+                return "skipped"
         except ValueError as e:
             log.warning("%s; rerunning", e)
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        log.info("skipping %s: another process is running it (%s)", run_dir.name, lock.owner())
+        return "busy"
+    try:
+        return _run_locked(cfg, rc, run_dir)
+    finally:
+        lock.release()
 
-    handler = logging.FileHandler(run_dir / "run.log")
+
+def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
+    resume = last_checkpoint(run_dir) if rc.trainer.checkpoint_every else None
+    if resume is None:
+        clean_partial(run_dir)
+        handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(handler)
     record = empty_record()
@@ -66,7 +80,7 @@ def run(cfg: DictConfig) -> float | None:
                   config=OmegaConf.to_container(cfg, resolve=True))
     try:
         record.update(train(rc, run_dir, data_keys=[k for k in cfg.data if k != "name"],
-                                 model_keys=[k for k in cfg.model if k != "name"]))
+                            model_keys=[k for k in cfg.model if k != "name"], resume=resume))
     except Exception as e:  # a failed run is recorded, never lost
         (run_dir / "traceback.txt").write_text(traceback.format_exc())
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
@@ -74,14 +88,15 @@ def run(cfg: DictConfig) -> float | None:
         log.error("run %s failed: %s (traceback in %s)", run_dir.name, record["error"], run_dir / "traceback.txt")
         if not _is_multirun():
             raise
-        return None
+        return "failed"
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
     write_record(run_dir, record)
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # the record is complete: resuming is moot
     log.info("%s: %s test/acc %.4f (%d epochs, %.1f s)", run_dir.name, record["status"],
              record["metrics"]["test/acc"], record["epochs_trained"], record["train_seconds"])
-    return record["metrics"]["test/acc"]
+    return record["status"]
 
 
 def _remove_if_empty(path: Path) -> None:
@@ -104,7 +119,8 @@ def pick_device(accelerator: str) -> str:
     return "cpu"
 
 
-def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[str]) -> dict[str, Any]:
+def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[str],
+          resume: Path | None = None) -> dict[str, Any]:
     """Build everything from the validated config, train, test; return the record's measured fields.
 
     Only the keys a data / model YAML sets are passed to its builder (the schema knows the keys of
@@ -118,7 +134,7 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     from regbench.models import build_model
     from regbench.regularizers import build_regularization
     from regbench.training.callbacks import BestWeights, DivergenceGuard, EpochProgress, History
-    from regbench.training.loop import EpochPlans, FullBatch, evaluate
+    from regbench.training.loop import EpochData, evaluate
     from regbench.training.module import Classifier
 
     t0 = time.perf_counter()
@@ -138,25 +154,32 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
                       data_name=rc.data.name, **model_kwargs)
     module = Classifier(net, reg.objective, make_optimizer(rc.optim.name, rc.optim.lr, rc.optim.momentum,
                                                            reg.weight_decay),
-                        rc.optim.batch_size, rc.trainer.eval_batch_size)
+                        rc.optim.batch_size, rc.trainer.eval_batch_size, seed=rc.seed)
 
     best = BestWeights(reg.monitor, reg.mode, restore=reg.restore_best)
     history, guard = History(), DivergenceGuard()
     callbacks = [*reg.callbacks, best, history, guard, EpochProgress(rc.trainer.progress_every, run_dir.name)]
+    if rc.trainer.checkpoint_every:
+        from pytorch_lightning.callbacks import ModelCheckpoint
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="last", save_last=False,
+                                         every_n_epochs=rc.trainer.checkpoint_every, save_top_k=1,
+                                         save_on_train_epoch_end=False, enable_version_counter=False))
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     trainer = pl.Trainer(
         max_epochs=rc.trainer.max_epochs, accelerator="gpu" if device == "cuda" else device,
         devices=rc.trainer.devices, precision=rc.trainer.precision, deterministic=rc.trainer.deterministic,
         check_val_every_n_epoch=rc.trainer.check_val_every_n_epoch,
         callbacks=callbacks, logger=logger, log_every_n_steps=1, num_sanity_val_steps=0,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=bool(rc.trainer.checkpoint_every),
         default_root_dir=str(run_dir),
     )
-    train_batches = EpochPlans(data.x_train, data.y_train, seed=rc.seed)
-    val_batches = FullBatch(data.x_val, data.y_val)
+    train_batches, val_batches = EpochData(data.x_train, data.y_train), EpochData(data.x_val, data.y_val)
     setup_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches)
+    if resume is not None:
+        log.info("%s: resuming from %s", run_dir.name, resume)
+    trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches,
+                ckpt_path=str(resume) if resume else None)
     train_seconds = time.perf_counter() - t1
 
     chunk = rc.trainer.eval_batch_size
@@ -174,7 +197,7 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     diverged = guard.diverged_epoch is not None or not all(map(_finite, metrics.values()))
     logger.log_hyperparams(_flat_hparams(rc), metrics={f"hp/{k}": v for k, v in metrics.items()})
     logger.finalize("success")
-    extra: dict[str, Any] = {"setup_seconds": setup_seconds, "device": device,
+    extra: dict[str, Any] = {"setup_seconds": setup_seconds, "device": device, "resumed": resume is not None,
                              "parameters": sum(p.numel() for p in net.parameters())}
     if reg.mc_samples:
         extra["mc_entropy_test"] = final["test"]["entropy"]

@@ -67,6 +67,8 @@ class DataConfig:
     train_size: Optional[int] = rng(POS_INT, None)
     generator_seed: Optional[int] = rng(NONNEG, None)   # mnist1d only
     test_size: Optional[int] = rng(POS_INT, None)       # datasets without an official test split
+    test_seed: Optional[int] = rng(NONNEG, None)        # ... which is carved with this fixed seed
+    checksums: Optional[dict[str, Optional[str]]] = None   # file -> md5, overrides the official ones
     resize: Optional[list[int]] = None        # [H, W] for image datasets
     download: Optional[bool] = None          # mnist, fashion_mnist, cifar10: fetch when absent
 
@@ -76,7 +78,7 @@ class DataConfig:
 class ModelConfig:
     name: str = MISSING
     hidden: Optional[int] = rng(POS_INT, None)
-    depth: Optional[int] = rng(Interval(0, INF), None)
+    depth: Optional[int] = rng(POS_INT, None)
     channels: Optional[int] = rng(POS_INT, None)
 
 
@@ -143,6 +145,7 @@ class TrainerConfig:
     threads: int = rng(Interval(0, 1024))             # torch intra-op threads; 0 = leave torch's default
     progress_every: int = rng(NONNEG)                 # epochs between progress lines; 0 = none
     eval_batch_size: int = rng(POS_INT)
+    checkpoint_every: int = rng(NONNEG)               # epochs between resumable checkpoints; 0 = none
 
 
 # ---------------------------------------------------------------------------------------- root

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # keys that never change a run's numbers: where it is written, whether to redo it, how chatty it is
 NON_RESULT_KEYS = ("name", "runs_root", "force", "hydra")
-NON_RESULT_TRAINER_KEYS = ("progress_every", "eval_batch_size")
+NON_RESULT_TRAINER_KEYS = ("progress_every", "eval_batch_size", "checkpoint_every")
 
 
 def _plain(cfg: DictConfig | dict) -> dict[str, Any]:

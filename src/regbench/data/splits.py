@@ -25,6 +25,10 @@ class DataSplits:
     y_test: torch.Tensor
     num_classes: int
     name: str
+    # the scalar statistics used to normalise every split, computed on the training split only
+    # (kept so that a record can state them and tests can check that val/test were not used)
+    norm_mean: float = 0.0
+    norm_std: float = 1.0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -70,8 +74,12 @@ def make_splits(
     """Carve a stratified validation split from train, optionally subsample train, normalise.
 
     `split_seed` is independent of the run seed, so every arm and every seed sees the same
-    examples. Normalisation (one mean and std over all training inputs) uses the training split only.
+    examples. Normalisation (one mean and std over all training inputs) uses the training split only
+    (after the `train_size` subsample: the statistics are those of the examples actually trained on).
     """
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise ValueError(f"{name}: inputs and labels differ in length "
+                         f"(train {len(x_train)} vs {len(y_train)}, test {len(x_test)} vs {len(y_test)})")
     kept, held = split_off(y_train, val_size, split_seed)
     if train_size is not None:
         if train_size > len(kept):
@@ -91,5 +99,5 @@ def make_splits(
         x_train=norm(x_train[kept]), y_train=lab(y_train[kept]),
         x_val=norm(x_train[held]), y_val=lab(y_train[held]),
         x_test=norm(x_test), y_test=lab(y_test),
-        num_classes=num_classes, name=name,
+        num_classes=num_classes, name=name, norm_mean=mean, norm_std=std,
     )

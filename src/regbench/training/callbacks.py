@@ -56,14 +56,20 @@ class BestWeights(pl.Callback):
 
 
 class History(pl.Callback):
-    """Per-epoch train and validation metrics, kept for the results record (the report's curves)."""
+    """Per-epoch train and validation metrics, kept for the results record (the report's curves).
+
+    Recorded when validation ends (train metrics of the epoch are logged by then), before a
+    checkpoint of that epoch is written, so a resumed run's history has every epoch once.
+    """
 
     KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
     def __init__(self):
         self.rows: dict[str, list] = {"epoch": [], **{k: [] for k in self.KEYS}}
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
         self.rows["epoch"].append(trainer.current_epoch)
         for k in self.KEYS:
             self.rows[k].append(_metric(trainer, k))

@@ -22,32 +22,18 @@ def cross_entropy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     return F.cross_entropy(logits, y), logits
 
 
-class EpochPlans:
-    """An iterable of one item per epoch: (x, y, order), `order` a fresh permutation of the rows.
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The batch order of `epoch`: a permutation of range(n) that depends on (seed, epoch) alone.
 
-    The permutations come from their own generator seeded by the run seed, so the batch order
-    depends on the seed alone (not on how many random numbers dropout drew).
+    Stateless on purpose: a run resumed from a checkpoint at epoch k draws exactly the orders an
+    uninterrupted run draws, and the order never depends on how many numbers dropout consumed.
     """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, seed: int):
-        self.x, self.y = x, y
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return 1
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        yield self.x, self.y, torch.randperm(len(self.y), generator=self.generator).to(self.x.device)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).to(device)
 
 
-class FullBatch:
-    """An iterable holding one batch, (x, y): the whole validation set, evaluated in chunks."""
+class EpochData:
+    """An iterable of one item per epoch, (x, y): Lightning's "batch" is the whole training set."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y
@@ -67,20 +53,21 @@ def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, objective: Obj
     Loss and accuracy are running values in training mode (dropout on), like Lightning's
     on-epoch train metrics; they stay on the device until the epoch ends.
     """
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    steps = 0
+    # per step only keep references (no extra tensor ops): the epoch's metrics are computed once at the end
+    losses, logits_seen, sizes = [], [], []
     for idx in order.split(batch_size):
         xb, yb = x[idx], y[idx]
         loss, logits = objective(net, xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * len(idx)
-        correct += (logits.detach().argmax(1) == yb).sum()
-        steps += 1
-    n = len(order)
-    return loss_sum / n, correct.float() / n, steps
+        losses.append(loss.detach())
+        logits_seen.append(logits.detach())
+        sizes.append(len(idx))
+    weights = torch.tensor(sizes, device=x.device, dtype=torch.float32)
+    mean_loss = (torch.stack(losses) * weights).sum() / weights.sum()
+    acc = (torch.cat(logits_seen).argmax(1) == y[order]).float().mean()
+    return mean_loss, acc, len(sizes)
 
 
 @torch.no_grad()

@@ -1,0 +1,141 @@
+"""`make bench`: regbench's speed as ratios against baselines measured in the same run.
+
+    1. framework overhead   regbench run (regularizer=none, in process) / plain PyTorch loop,
+                            same model, data, seed, batch order, steps and threads; parity checked
+    2. dropout step cost    step time with dropout p=0.5 / without, plain loop (ours and torch's)
+    3. parallel sweep       2 arms x 4 seeds: sequential launcher / joblib launcher (2 jobs x 1 thread)
+    4. start-up             `python run.py --help`; a 1-epoch run, its import and set-up seconds
+
+Writes benchmarks/results.md (and prints it). Timing is wall clock, median of repeats; the
+numbers are only comparable within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def framework_overhead(repeats: int, epochs: int) -> dict:
+    import torch
+
+    from conftest import compose
+    from parity import raw_train
+    from regbench.app import train
+    from regbench.config import validate
+    from regbench.data import build_data
+
+    torch.set_num_threads(1)
+    over = [f"trainer.max_epochs={epochs}", "trainer.progress_every=0", "trainer.threads=1"]
+    cfg = compose(over)
+    rc = validate(cfg)
+    data = build_data("mnist1d", root=rc.data.root, val_size=rc.data.val_size, split_seed=rc.data.split_seed,
+                      train_size=None, generator_seed=rc.data.generator_seed)
+    raw_t, reg_t, parity = [], [], None
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
+        losses, seconds, _ = raw_train(data.x_train, data.y_train, seed=rc.seed, epochs=epochs,
+                                       batch_size=rc.optim.batch_size, lr=rc.optim.lr)
+        raw_t.append(seconds)
+        with tempfile.TemporaryDirectory() as d:
+            r = train(rc, Path(d), data_keys=[k for k in cfg.data if k != "name"],
+                      model_keys=[k for k in cfg.model if k != "name"])
+        reg_t.append(r["train_seconds"])
+        parity = max(abs(a - b) for a, b in zip(losses, r["history"]["train/loss"]))
+    steps = r["steps"]
+    raw, reg = statistics.median(raw_t), statistics.median(reg_t)
+    return {"raw_seconds": raw, "regbench_seconds": reg, "ratio": reg / raw, "steps": steps,
+            "raw_steps_per_s": steps / raw, "regbench_steps_per_s": steps / reg, "max_loss_diff": parity}
+
+
+def dropout_cost(repeats: int) -> dict | None:
+    try:
+        import bench_dropout
+    except ImportError:
+        return None
+    return bench_dropout.measure(repeats=repeats)
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    return time.perf_counter() - t0, p
+
+
+def sweep_speedup(epochs: int) -> dict:
+    sweep = ["-m", "regularizer=none,dropout", "seed=0,1,2,3", f"trainer.max_epochs={epochs}",
+             "trainer.progress_every=0", "trainer.threads=1", "~hydra.callbacks.report"]
+    out = {}
+    for label, launcher in (("sequential", []), ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])):
+        with tempfile.TemporaryDirectory() as d:
+            out[label], _ = timed([sys.executable, "run.py", *sweep, *launcher, f"runs_root={d}"])
+    out["speedup"] = out["sequential"] / out["joblib"]
+    return out
+
+
+def startup() -> dict:
+    help_s, _ = timed([sys.executable, "run.py", "--help"])
+    with tempfile.TemporaryDirectory() as d:
+        one_s, _ = timed([sys.executable, "run.py", "trainer.max_epochs=1", f"runs_root={d}"])
+        rec = json.loads(next(Path(d).rglob("results.json")).read_text())
+    import_s, _ = timed([sys.executable, "-c", "import pytorch_lightning, torch, hydra"])
+    return {"help_seconds": help_s, "one_epoch_run_seconds": one_s, "imports_seconds": import_s,
+            "setup_seconds": rec["extra"]["setup_seconds"], "train_seconds": rec["train_seconds"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=170, help="epochs of the overhead run (170 = the default run)")
+    ap.add_argument("--sweep-epochs", type=int, default=60)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
+    args = ap.parse_args()
+
+    fw = framework_overhead(args.repeats, args.epochs)
+    dc = dropout_cost(args.repeats)
+    sw = sweep_speedup(args.sweep_epochs)
+    st = startup()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, torch threads 1"
+    lines = [
+        "# regbench benchmark", "",
+        f"Machine: {machine}. Command: `make bench` (`python benchmarks/bench.py --repeats {args.repeats}`). "
+        "Ratios compare timings taken in the same run; medians of the repeats.", "",
+        "| measure | value | goal |", "|---|---|---|",
+        f"| framework overhead: regbench / plain PyTorch loop ({fw['steps']} steps, MNIST-1D MLP) | "
+        f"{fw['ratio']:.2f}x ({fw['regbench_steps_per_s']:.0f} vs {fw['raw_steps_per_s']:.0f} steps/s) | <= 1.2x |",
+        f"| parity: max per-epoch train-loss difference vs the plain loop | {fw['max_loss_diff']:.1e} | < 1e-5 |",
+    ]
+    if dc:
+        lines += [
+            f"| dropout step / plain step, regbench Dropout (p=0.5) | {dc['ours']:.2f}x | <= 1.25x |",
+            f"| dropout step / plain step, torch.nn.Dropout (p=0.5) | {dc['torch']:.2f}x | (reference) |",
+        ]
+    lines += [
+        f"| parallel sweep speed-up, 2 arms x 4 seeds x {args.sweep_epochs} epochs: sequential {sw['sequential']:.1f} s"
+        f" / joblib (2 jobs x 1 thread) {sw['joblib']:.1f} s | {sw['speedup']:.2f}x | >= 1.7x |",
+        f"| start-up: `python run.py --help` | {st['help_seconds']:.2f} s | |",
+        f"| start-up: 1-epoch run, whole command | {st['one_epoch_run_seconds']:.2f} s | |",
+        f"| start-up: of which importing torch + Lightning + Hydra | {st['imports_seconds']:.2f} s | |",
+        f"| start-up: of which data and model set-up in the run | {st['setup_seconds']:.2f} s | |",
+        "",
+    ]
+    text = "\n".join(lines)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The report's figures: learning curves, confidence intervals, generalization gap.
+
+Figures are built with matplotlib's object API (no pyplot state, safe inside Hydra callbacks) under
+matplotlib's default style, and saved without the "Software" metadata, so the PNG bytes depend only
+on the records (and the matplotlib / FreeType versions).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import matplotlib.style
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from scipy import stats as sps
+
+from regbench.reporting.tables import ordered_arms, tag
+
+DPI = 100
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def _colors(per_arm: pd.DataFrame) -> dict[str, str]:
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    arms = list(dict.fromkeys(per_arm["regularizer"]))
+    return {a: cycle[i % len(cycle)] for i, a in enumerate(arms)}
+
+
+def _contexts(per_arm: pd.DataFrame) -> list[tuple[str, str, str]]:
+    return list(dict.fromkeys(map(tuple, per_arm[["data", "model", "config"]].to_numpy())))
+
+
+def _height(per_arm: pd.DataFrame) -> float:
+    most = per_arm.groupby(["data", "model", "config"]).size().max() if len(per_arm) else 1
+    return 1.0 + 0.4 * most
+
+
+def _grid(n: int, w: float = 5.0, h: float = 3.0):
+    ncols = max(1, min(n, 3))
+    nrows = max(1, math.ceil(n / ncols))
+    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _curve_matrix(histories: list[dict], key: str) -> pd.DataFrame:
+    """epochs x runs, NaN once a run has stopped (ragged histories)."""
+    cols = []
+    for h in histories:
+        vals = np.asarray(h.get(key) or [], dtype=float)
+        ep = h.get("epoch") or list(range(len(vals)))
+        n = min(len(ep), len(vals))
+        s = pd.Series(vals[:n], index=np.asarray(ep[:n], dtype=int))
+        cols.append(s[~s.index.duplicated()])
+    if not cols:
+        return pd.DataFrame()
+    return pd.concat(cols, axis=1, ignore_index=True).sort_index()
+
+
+def _mean_band(m: pd.DataFrame):
+    n = m.count(axis=1)
+    mean = m.mean(axis=1)
+    with np.errstate(all="ignore"):
+        half = sps.t.ppf(0.975, n - 1) * m.std(axis=1, ddof=1) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def curves(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, baseline: str = "none") -> Path:
+    contexts = _contexts(per_arm)
+    colors = _colors(per_arm)
+    fig = Figure(figsize=(12, 3.4 * max(1, len(contexts))), layout="constrained")
+    axes = fig.subplots(max(1, len(contexts)), 2, squeeze=False)
+    fig.suptitle("Learning curves of the ok runs: mean and 95% t-interval across seeds per epoch; "
+                 "after early stops the mean is over the runs still training.\n"
+                 "solid = validation, dashed = train; x = a run's early stop, o = its best epoch",
+                 fontsize=9)
+    if not contexts:
+        axes[0, 0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0, 0].transAxes)
+    groups = list(ordered_arms(runs, baseline))
+    for row, (data, model, cfg) in enumerate(contexts):
+        ax_acc, ax_loss = axes[row]
+        for key, g in groups:
+            if (key[0], key[1], key[3]) != (data, model, cfg):
+                continue
+            ok = g[g["status"] == "ok"]
+            hist = list(ok["history"])
+            color = colors[key[2]]
+            for ax, what in ((ax_acc, "acc"), (ax_loss, "loss")):
+                for split, style in (("val", "-"), ("train", "--")):
+                    m = _curve_matrix(hist, f"{split}/{what}")
+                    if m.empty or m.count().sum() == 0:
+                        continue
+                    mean, lo, hi = _mean_band(m)
+                    ax.plot(mean.index, mean.to_numpy(), style, color=color, lw=1.2,
+                            label=key[2] if (split == "val" and what == "acc") else None)
+                    ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), color=color, alpha=0.15, lw=0)
+            for _, r in ok[ok["stopped_early"]].iterrows():
+                m = _curve_matrix([r["history"]], "val/acc")
+                if m.empty:
+                    continue
+                s = m[0]
+                for ep, marker, face in ((r["stopped_epoch"], "x", color), (r["best_epoch"], "o", "none")):
+                    if not math.isnan(ep) and int(ep) in s.index:
+                        ax_acc.plot([int(ep)], [s[int(ep)]], marker, color=color, mfc=face, ms=5)
+        ax_acc.set_title(f"{data}/{model} [{cfg}]: accuracy", fontsize=9)
+        ax_loss.set_title(f"{data}/{model} [{cfg}]: loss", fontsize=9)
+        for ax in (ax_acc, ax_loss):
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        handles, labels = ax_acc.get_legend_handles_labels()
+        handles += [Line2D([], [], color="gray", ls="-"), Line2D([], [], color="gray", ls="--")]
+        ax_acc.legend(handles, labels + ["validation", "train"], fontsize=7)
+    return _save(fig, path)
+
+
+def intervals(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, metric: str = "test/acc",
+              baseline: str = "none") -> Path:
+    t = tag(metric)
+    contexts = _contexts(per_arm)
+    colors = _colors(per_arm)
+    fig, axes = _grid(len(contexts), h=_height(per_arm))
+    fig.suptitle(f"{metric}: mean and 95% bootstrap CI per arm (dots = ok seeds)", fontsize=9)
+    if not contexts:
+        axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
+    for ax, ctx in zip(axes, contexts):
+        rows = per_arm[[tuple(x) == ctx for x in per_arm[["data", "model", "config"]].to_numpy()]]
+        for y, (_, r) in enumerate(rows.iterrows()):
+            g = runs[(runs["data"] == ctx[0]) & (runs["model"] == ctx[1]) & (runs["group_hash"] == ctx[2])
+                     & (runs["arm"] == r["regularizer"]) & (runs["status"] == "ok")]
+            vals = g[metric].dropna().to_numpy(float)
+            ax.plot(vals, np.full(vals.size, y), ".", color="gray", alpha=0.6, ms=4)
+            mean, lo, hi = r[f"{t}_mean"], r[f"{t}_ci95_low"], r[f"{t}_ci95_high"]
+            if math.isnan(mean):
+                continue
+            if math.isnan(lo):
+                ax.plot([mean], [y], "o", color=colors[r["regularizer"]])
+                ax.annotate(" no CI", (mean, y), fontsize=7, va="center")
+            else:
+                ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt="o",
+                            color=colors[r["regularizer"]], capsize=3)
+        ax.set_yticks(range(len(rows)), list(rows["regularizer"]), fontsize=8)
+        ax.set_ylim(-0.5, len(rows) - 0.5)
+        ax.invert_yaxis()
+        ax.set_xlabel(metric)
+        ax.set_title(f"{ctx[0]}/{ctx[1]} [{ctx[2]}]", fontsize=9)
+    return _save(fig, path)
+
+
+def gap(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path) -> Path:
+    contexts = _contexts(per_arm)
+    colors = _colors(per_arm)
+    fig, axes = _grid(len(contexts), h=_height(per_arm))
+    fig.suptitle("Generalization gap train/acc - test/acc: bar = mean over ok runs, dots = seeds", fontsize=9)
+    if not contexts:
+        axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
+    for ax, ctx in zip(axes, contexts):
+        rows = per_arm[[tuple(x) == ctx for x in per_arm[["data", "model", "config"]].to_numpy()]]
+        for y, (_, r) in enumerate(rows.iterrows()):
+            g = runs[(runs["data"] == ctx[0]) & (runs["model"] == ctx[1]) & (runs["group_hash"] == ctx[2])
+                     & (runs["arm"] == r["regularizer"]) & (runs["status"] == "ok")]
+            vals = (g["train/acc"] - g["test/acc"]).dropna().to_numpy(float)
+            if not math.isnan(r["train_minus_test_acc_mean"]):
+                ax.barh([y], [r["train_minus_test_acc_mean"]], color=colors[r["regularizer"]], alpha=0.6)
+            ax.plot(vals, np.full(vals.size, y), ".", color="black", ms=4)
+        ax.axvline(0, color="gray", lw=0.8)
+        ax.set_yticks(range(len(rows)), list(rows["regularizer"]), fontsize=8)
+        ax.set_ylim(-0.5, len(rows) - 0.5)
+        ax.invert_yaxis()
+        ax.set_xlabel("train/acc - test/acc")
+        ax.set_title(f"{ctx[0]}/{ctx[1]} [{ctx[2]}]", fontsize=9)
+    return _save(fig, path)
+
+
+def write_plots(runs: pd.DataFrame, per_arm: pd.DataFrame, out_dir: Path, metric: str = "test/acc",
+                baseline: str = "none") -> list[Path]:
+    with matplotlib.style.context("default"):
+        return [curves(runs, per_arm, out_dir / "curves.png", baseline),
+                intervals(runs, per_arm, out_dir / "intervals.png", metric, baseline),
+                gap(runs, per_arm, out_dir / "gap.png")]
