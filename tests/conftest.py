@@ -32,8 +32,13 @@ def compose(overrides: list[str] | None = None):
 
 
 def cli(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python run.py ARGS` (or `python -m ...` when args start with -m) as a user would."""
-    cmd = [sys.executable, *args] if args[0] in ("-m",) or args[0].endswith(".py") else [sys.executable, str(ROOT / "run.py"), *args]
+    """Run `python run.py ARGS` as a user would."""
+    return python(str(ROOT / "run.py"), *args, cwd=cwd, timeout=timeout, env=env)
+
+
+def python(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python ARGS` (e.g. `-m regbench.tables DIR`)."""
+    cmd = [sys.executable, *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 

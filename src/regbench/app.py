@@ -65,6 +65,7 @@ def run(cfg: DictConfig) -> str:
         return _run_locked(cfg, rc, run_dir)
     finally:
         lock.release()
+        _remove_if_empty(run_dir)  # a rejected run leaves no folder behind
 
 
 def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
@@ -74,6 +75,7 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
         handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(handler)
+    REJECTED = _rejected()
     record = empty_record()
     record.update(run_id=run_dir.name, seed=rc.seed, data=rc.data.name, model=rc.model.name,
                   regularizer=rc.regularizer.name, group_hash=group_hash(cfg),
@@ -81,6 +83,17 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     try:
         record.update(train(rc, run_dir, data_keys=[k for k in cfg.data if k != "name"],
                             model_keys=[k for k in cfg.model if k != "name"], resume=resume))
+    except REJECTED as e:  # bad input found while building (arm/model/data mismatch): nothing is recorded
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        clean_partial(run_dir)
+        (run_dir / "run.log").unlink(missing_ok=True)
+        _remove_if_empty(run_dir)
+        if not _is_multirun():
+            print(f"regbench: invalid config: {e}", file=sys.stderr)
+            sys.exit(2)
+        log.error("rejected %s: %s", run_dir.name, e)
+        return "rejected"
     except Exception as e:  # a failed run is recorded, never lost
         (run_dir / "traceback.txt").write_text(traceback.format_exc())
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
@@ -99,12 +112,21 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     return record["status"]
 
 
+def _rejected() -> tuple[type[Exception], ...]:
+    from regbench.models import SlotError
+    from regbench.models.inputs import IncompatibleInputError
+
+    return ConfigError, SlotError, IncompatibleInputError
+
+
 def _remove_if_empty(path: Path) -> None:
-    """Hydra creates the run folder before the task starts; a rejected config leaves nothing behind."""
-    try:
-        path.rmdir()
-    except OSError:
-        pass
+    """Hydra creates the run folder (and its parent) before the task starts; a rejected config
+    leaves nothing behind. Only empty folders are removed, so no result can ever be lost here."""
+    for p in (path, path.parent):
+        try:
+            p.rmdir()
+        except OSError:
+            return
 
 
 def pick_device(accelerator: str) -> str:
@@ -133,7 +155,7 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     from regbench.data import build_data
     from regbench.models import build_model
     from regbench.regularizers import build_regularization
-    from regbench.training.callbacks import BestWeights, DivergenceGuard, EpochProgress, History
+    from regbench.training.callbacks import BestWeights, DivergenceGuard, EpochProgress, History, PeriodicCheckpoint
     from regbench.training.loop import EpochData, evaluate
     from regbench.training.module import Classifier
 
@@ -159,18 +181,15 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     best = BestWeights(reg.monitor, reg.mode, restore=reg.restore_best)
     history, guard = History(), DivergenceGuard()
     callbacks = [*reg.callbacks, best, history, guard, EpochProgress(rc.trainer.progress_every, run_dir.name)]
-    if rc.trainer.checkpoint_every:
-        from pytorch_lightning.callbacks import ModelCheckpoint
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="last", save_last=False,
-                                         every_n_epochs=rc.trainer.checkpoint_every, save_top_k=1,
-                                         save_on_train_epoch_end=False, enable_version_counter=False))
+    if rc.trainer.checkpoint_every:  # last: it saves the state the callbacks above updated this epoch
+        callbacks.append(PeriodicCheckpoint(run_dir / CHECKPOINT_DIR / "last.ckpt", rc.trainer.checkpoint_every))
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     trainer = pl.Trainer(
         max_epochs=rc.trainer.max_epochs, accelerator="gpu" if device == "cuda" else device,
         devices=rc.trainer.devices, precision=rc.trainer.precision, deterministic=rc.trainer.deterministic,
         check_val_every_n_epoch=rc.trainer.check_val_every_n_epoch,
         callbacks=callbacks, logger=logger, log_every_n_steps=1, num_sanity_val_steps=0,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=bool(rc.trainer.checkpoint_every),
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         default_root_dir=str(run_dir),
     )
     train_batches, val_batches = EpochData(data.x_train, data.y_train), EpochData(data.x_val, data.y_val)

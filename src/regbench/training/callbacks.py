@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -108,3 +110,23 @@ class EpochProgress(pl.Callback):
             log.info("%s epoch %d/%d train/loss %.4f train/acc %.3f val/loss %.4f val/acc %.3f",
                      self.label, e, trainer.max_epochs, _metric(trainer, "train/loss"),
                      _metric(trainer, "train/acc"), _metric(trainer, "val/loss"), _metric(trainer, "val/acc"))
+
+
+class PeriodicCheckpoint(pl.Callback):
+    """Save a resumable checkpoint (weights, optimizer, loops, callback states, RNG) every `every`
+    epochs, atomically, to `path`. It must come after the callbacks whose state it saves.
+
+    Lightning's ModelCheckpoint keys its saving on `global_step`, which counts optimizer steps that
+    Lightning itself took; here the steps run inside the epoch loop, so it would never save.
+    """
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = Path(path), every
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.path)  # a kill mid-save leaves the previous checkpoint intact

@@ -1,0 +1,104 @@
+"""The command line as users drive it: sweeps, reruns, failures, divergence, kills, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT, cli, python, tiny
+
+
+def records(root: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in root.rglob("results.json")}
+
+
+def test_sweep_writes_one_record_per_run_a_report_and_reruns_nothing(tmp_path):
+    args = ["-m", "regularizer=none,dropout", "seed=0,1", *tiny(), f"runs_root={tmp_path}"]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = records(tmp_path)
+    assert len(recs) == 4
+    assert {(x["regularizer"], x["seed"]) for x in recs.values()} == {("none", 0), ("none", 1), ("dropout", 0), ("dropout", 1)}
+    assert all(x["status"] == "ok" and x["epochs_trained"] == 3 for x in recs.values())
+    # run folders are named from the config, not the clock
+    assert any(name.startswith("mnist1d-mlp-dropout-p0.5-s1-") for name in recs)
+    sweep = tmp_path / "default"
+    table = (sweep / "per_arm.md").read_text()
+    assert "| mnist1d | mlp | none |" in table and "| mnist1d | mlp | dropout |" in table
+    assert "sweep finished: 4 runs: 4 ok" in r.stderr
+    # TensorBoard: curves and an hparams summary with real final metrics, in every run folder
+    for name in recs:
+        assert list((sweep / name / "tb").glob("events.out.tfevents.*"))
+
+    again = cli(*args)
+    assert again.returncode == 0
+    assert "sweep finished: 4 runs: 4 skipped (already ok)" in again.stderr
+    assert records(tmp_path) == recs  # nothing rewritten
+
+    out = tmp_path / "tables"
+    t = python("-m", "regbench.tables", str(sweep), "--out", str(out))
+    assert t.returncode == 0, t.stderr
+    assert (out / "comparison.md").read_text() == (sweep / "comparison.md").read_text()
+    assert "| mnist1d | mlp | dropout |" in t.stdout
+
+
+def test_a_diverging_and_a_failing_run_do_not_stop_their_siblings(tmp_path):
+    # lr 1e6 diverges; train_size larger than the data raises inside the run
+    r = cli("-m", "optim=sgd", "optim.lr=0.05,1e6", "data.train_size=100,99999", *tiny(), f"runs_root={tmp_path}")
+    assert r.returncode == 1, "a sweep in which a run failed must exit non-zero"
+    recs = records(tmp_path)
+    assert len(recs) == 4
+    status = {(x["config"]["optim"]["lr"], x["config"]["data"]["train_size"]): x for x in recs.values()}
+    assert status[(0.05, 100)]["status"] == "ok"
+    diverged = status[(1e6, 100)]
+    assert diverged["status"] == "diverged" and diverged["epochs_trained"] == diverged["diverged_epoch"] + 1
+    for lr in (0.05, 1e6):
+        failed = status[(lr, 99999)]
+        assert failed["status"] == "failed" and "train_size=99999" in failed["error"]
+        run_dir = next(p.parent for p in tmp_path.rglob("results.json") if json.loads(p.read_text()) == failed)
+        assert "Traceback" in (run_dir / "traceback.txt").read_text()
+    assert "1 ok, 1 diverged, 2 failed" in r.stderr
+    per_arm = (tmp_path / "default" / "per_arm.csv").read_text()
+    assert "diverged" in per_arm or "seeds_diverged" in per_arm
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
+    args = [sys.executable, str(ROOT / "run.py"), "-m", "seed=0,1,2", "trainer.max_epochs=60",
+            "trainer.progress_every=0", f"runs_root={tmp_path}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ})
+    deadline = time.time() + 120
+    while not list(tmp_path.rglob("results.json")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # now inside the second run
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = records(tmp_path)
+    assert 1 <= len(done) < 3 and all(x["status"] == "ok" for x in done.values())
+    assert not list(tmp_path.rglob("*.tmp"))  # no half-written record
+
+    r = cli(*args[2:])
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = records(tmp_path)
+    assert sorted(x["seed"] for x in after.values()) == [0, 1, 2]
+    assert f"{len(done)} skipped (already ok)" in r.stderr
+    for name, rec in done.items():
+        assert after[name] == rec  # finished runs were not redone
+    assert not list(tmp_path.rglob(".lock"))
+
+
+def test_two_concurrent_sweeps_into_one_root_give_all_their_runs(tmp_path):
+    common = [sys.executable, str(ROOT / "run.py"), "-m", *tiny(), f"runs_root={tmp_path}"]
+    a = subprocess.Popen([*common, "seed=0,1,2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    b = subprocess.Popen([*common, "seed=2,3,4"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (_, ea), (_, eb) = a.communicate(timeout=300), b.communicate(timeout=300)
+    assert a.returncode == 0 and b.returncode == 0, ea[-2000:] + eb[-2000:]
+    recs = records(tmp_path)
+    seeds = sorted(x["seed"] for x in recs.values())
+    assert seeds == [0, 1, 2, 3, 4]  # each run exactly once, seed 2 by whichever sweep claimed it first
+    assert all(x["status"] == "ok" for x in recs.values())
