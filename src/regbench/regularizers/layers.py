@@ -1,0 +1,545 @@
+"""Dropout-family layers: the stochastic building blocks that plug into a model's slots.
+
+Layout follows timm's ``layers/drop.py``: each regularizer is a small function
+(``dropout``, ``gaussian_dropout``, ``drop_block``, ``drop_path`` ...) plus a thin
+``nn.Module`` with a fast path (``if p == 0 or not active: return x``) and an
+``extra_repr``.
+
+Every layer derives from :class:`DropoutLayer`, which gives it
+
+* a mutable drop rate ``p`` (validated on assignment; a scheduler callback may change it
+  between steps, see :func:`set_drop_rate`), and
+* a switch ``mc``: when True the layer stays stochastic in eval mode, which turns a
+  trained network into Monte-Carlo dropout (Gal & Ghahramani 2016, "Dropout as a Bayesian
+  approximation"), see :func:`set_mc_dropout`.
+
+A layer is *active* (samples noise) when ``self.training or self.mc``.
+
+Fast Bernoulli masks
+--------------------
+On CPU, ``torch.nn.functional.dropout`` draws its mask with ``bernoulli_``, which we
+measured at about 12 ns per element (torch 2.13, one thread) -- for the MNIST-1D MLP that
+is as much as the matmul it follows, and 1.5x the cost of a whole training step for two
+dropout layers (``benchmarks/bench_dropout.py``). :func:`bernoulli_noise` instead
+draws 64 random bits per int64 word with ``random_`` and reads them as 8 (or 4) uniform
+bytes (or 16-bit words), so a mask of n units costs n/8 (or n/4) 64-bit draws, and turns
+them into the multiplicative noise {0, 1/(1-p)} with three cheap integer/float passes.
+The price is a quantised drop rate:
+
+* if ``p * 256`` is an integer (0.5, 0.25, 0.125, 0.375, ...) 8 random bits per unit are
+  used and the drop probability is **exactly** ``p``;
+* otherwise 16 bits per unit are used and the realised drop probability is
+  ``round(p * 65536) / 65536``, within ``2**-17`` (about 7.6e-6) of ``p``
+  (``2**-16`` for p below 2**-16 or above 1 - 2**-16).
+
+:func:`realised_drop_rate` returns the probability actually used, and the kept units are
+scaled by ``1 / (1 - realised_drop_rate(p))``, so the expectation ``E[dropout(x)] = x``
+holds exactly whatever ``p`` is. The same code runs on every device (the generator is
+the device's default one, so ``torch.manual_seed`` makes it reproducible).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "DropoutLayer",
+    "dropout_layers",
+    "set_mc_dropout",
+    "set_drop_rate",
+    "realised_drop_rate",
+    "bernoulli_noise",
+    "dropout",
+    "Dropout",
+    "gaussian_dropout",
+    "GaussianDropout",
+    "AlphaDropout",
+    "DropConnectLinear",
+    "spatial_dropout",
+    "SpatialDropout",
+    "drop_block",
+    "DropBlock",
+    "drop_path",
+    "DropPath",
+    "Dropped",
+]
+
+_INT64_MIN = -(2**63)
+
+
+# --------------------------------------------------------------------------------------
+# the marker base class and model-wide helpers
+# --------------------------------------------------------------------------------------
+
+
+def _check_p(p: float, *, name: str = "p", upper_inclusive: bool = True) -> float:
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {p!r}") from None
+    ok = 0.0 <= p <= 1.0 if upper_inclusive else 0.0 <= p < 1.0
+    if not ok:
+        allowed = "[0, 1]" if upper_inclusive else "[0, 1)"
+        raise ValueError(f"{name}={p} is outside the allowed range {allowed}")
+    return p
+
+
+class DropoutLayer(nn.Module):
+    """Marker base class of every dropout-family layer in regbench.
+
+    Attributes:
+        p: drop rate, a float that may be changed during training (validated on
+            assignment; a subclass narrows the range with ``_p_upper_inclusive``).
+        mc: when True the layer samples noise in eval mode too (MC dropout).
+    """
+
+    # Gaussian dropout and DropBlock cannot take p = 1 (infinite variance / no seed rate)
+    _p_upper_inclusive = True
+
+    def __init__(self, p: float = 0.5, mc: bool = False):
+        super().__init__()
+        self.p = p
+        self.mc = bool(mc)
+
+    @property
+    def p(self) -> float:
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        # validate here rather than in forward so that a scheduler that sets a bad rate
+        # fails at the assignment, with the layer's class in the message
+        self._p = _check_p(value, name=f"{type(self).__name__}.p", upper_inclusive=self._p_upper_inclusive)
+
+    @property
+    def active(self) -> bool:
+        """Whether the layer samples noise now: in training, or in eval with ``mc`` on."""
+        return self.training or self.mc
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}" + (", mc=True" if self.mc else "")
+
+
+def dropout_layers(model: nn.Module) -> Iterator[DropoutLayer]:
+    """Yield every :class:`DropoutLayer` inside ``model`` (``model`` itself included)."""
+    for module in model.modules():
+        if isinstance(module, DropoutLayer):
+            yield module
+
+
+def set_mc_dropout(model: nn.Module, on: bool) -> int:
+    """Switch Monte-Carlo dropout on or off for every regbench dropout layer in ``model``.
+
+    With ``on=True`` the layers keep sampling in ``model.eval()`` so repeated forward
+    passes give samples of the predictive distribution (Gal & Ghahramani 2016); the rest
+    of the model (batch norm, ...) stays in eval mode. Plain ``torch.nn.Dropout`` layers
+    are not touched. Returns the number of layers switched, so a caller can refuse a
+    model without any (MC dropout over a deterministic network is a silent no-op).
+    """
+    n = 0
+    for layer in dropout_layers(model):
+        layer.mc = bool(on)
+        n += 1
+    return n
+
+
+def set_drop_rate(model: nn.Module, p: float) -> int:
+    """Set the drop rate of every regbench dropout layer in ``model``; returns their number."""
+    n = 0
+    for layer in dropout_layers(model):
+        layer.p = p
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------------------
+# Bernoulli noise from packed random bits
+# --------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)  # called on every forward; the drop rates in use are few
+def _quantise(p: float) -> tuple[int, int]:
+    """(bits, threshold) such that a unit is dropped iff its uniform ``bits``-bit word < threshold."""
+    scaled = p * 256.0
+    if scaled == int(scaled):
+        return 8, int(scaled)  # exact, 8 random bits per unit
+    # 16 bits: keep 0 < threshold < 65536 so that 0 < p < 1 never degenerates to 0 or 1
+    return 16, min(max(round(p * 65536.0), 1), 65535)
+
+
+def realised_drop_rate(p: float) -> float:
+    """The drop probability :func:`bernoulli_noise` really uses for a requested ``p``.
+
+    Equal to ``p`` when ``p * 256`` is an integer; otherwise ``round(p * 2**16) / 2**16``
+    (clipped to [2**-16, 1 - 2**-16]), so ``|realised_drop_rate(p) - p| <= 2**-16``.
+    """
+    p = _check_p(p)
+    if p in (0.0, 1.0):
+        return p
+    bits, threshold = _quantise(p)
+    return threshold / float(1 << bits)
+
+
+def bernoulli_noise(
+    shape: Sequence[int], p: float, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Multiplicative inverted-dropout noise: 0 with probability p', else 1/(1-p').
+
+    ``p' = realised_drop_rate(p)`` (see the module docstring), so ``E[noise] = 1`` exactly.
+    Requires ``0 < p < 1``. Draws ``ceil(n*bits/64)`` 64-bit random words from the
+    device's default generator.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"bernoulli_noise needs 0 < p < 1, got p={p}")
+    shape = torch.Size(shape)
+    return _noise(p, shape.numel(), dtype, device, shape, None)
+
+
+def _noise(p: float, n: int, dtype: torch.dtype, device, shape, like: torch.Tensor | None) -> torch.Tensor:
+    # the hot path of every Bernoulli layer: it runs twice per step in the MNIST-1D MLP,
+    # where each extra tensor op costs ~5 us, so every op here is counted
+    bits, threshold = _quantise(p)
+    scale = 1.0 / (1.0 - threshold / float(1 << bits))
+    per_word = 64 // bits
+    # random_(INT64_MIN, None) samples the full 64-bit range uniformly, so every byte
+    # (every 16-bit word) of the result is uniform as well
+    words = torch.empty((n + per_word - 1) // per_word, dtype=torch.int64, device=device).random_(_INT64_MIN, None)
+    r = words.view(torch.uint8 if bits == 8 else torch.int16)  # uniform on 0..255 / -32768..32767
+    if r.numel() != n:
+        r = r[:n]
+    r = r.view_as(like) if like is not None else r.view(shape)  # view_as parses faster than a Size
+    if bits == 8 and threshold == 128:
+        # p = 1/2: the top bit of each byte is the keep indicator, one pass instead of two
+        keep = r.bitwise_right_shift(7)
+    else:
+        # keep iff r >= lo + 1, i.e. with probability 1 - threshold / 2**bits. clamp + sub
+        # gives {0, 1} in two cheap integer passes; a comparison would give bool, whose
+        # conversions and products are several times slower on CPU than integer ones
+        lo = threshold - 1 if bits == 8 else threshold - 1 - 32768
+        keep = r.clamp(lo, lo + 1).sub_(lo)
+    if dtype == torch.get_default_dtype():
+        return keep.mul(scale)  # int tensor * python float -> default float dtype, one pass
+    return keep.to(dtype).mul_(scale)
+
+
+# --------------------------------------------------------------------------------------
+# dropout
+# --------------------------------------------------------------------------------------
+
+
+def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+    """Inverted Bernoulli dropout (Srivastava et al. 2014, JMLR 15).
+
+    ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)`` i.i.d. per element, so
+    ``E[y] = x``. The mask comes from :func:`bernoulli_noise` (8 or 16 random bits per
+    element): ``p`` is exact when ``p * 256`` is an integer
+    and within 2**-16 otherwise, and the scale uses the realised rate so ``E[y] = x``
+    exactly. Any shape, any device, differentiable (``dy/dx = m / (1 - p)``).
+    """
+    if p == 0.0 or not training:
+        return x
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"dropout: p={p} is outside the allowed range [0, 1]")
+    if p == 1.0:
+        return x * 0.0  # keeps the graph (zero gradient), like torch's dropout
+    return x * _noise(p, x.numel(), x.dtype, x.device, None, x)
+
+
+class Dropout(DropoutLayer):
+    """Inverted Bernoulli dropout (Srivastava et al. 2014); see :func:`dropout`.
+
+    A faster drop-in for ``torch.nn.Dropout`` on CPU, with ``mc`` for MC dropout.
+    """
+
+    def __init__(self, p: float = 0.5, mc: bool = False):
+        super().__init__(p, mc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.active:
+            return x
+        return dropout(x, self.p, True)
+
+
+# --------------------------------------------------------------------------------------
+# Gaussian dropout
+# --------------------------------------------------------------------------------------
+
+
+def gaussian_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+    """Multiplicative Gaussian noise (Srivastava et al. 2014, section 10).
+
+    ``y = x * m`` with ``m ~ N(1, sigma^2)``, ``sigma^2 = p / (1 - p)``: the same mean and
+    variance as the inverted Bernoulli mask ``Bernoulli(1 - p) / (1 - p)``. ``0 <= p < 1``.
+    """
+    if p == 0.0 or not training:
+        return x
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"gaussian_dropout: p={p} is outside the allowed range [0, 1)")
+    sigma = math.sqrt(p / (1.0 - p))
+    return x * torch.randn_like(x).mul_(sigma).add_(1.0)
+
+
+class GaussianDropout(DropoutLayer):
+    """Gaussian dropout, ``x * N(1, p/(1-p))``; see :func:`gaussian_dropout`."""
+
+    _p_upper_inclusive = False
+
+    def __init__(self, p: float = 0.5, mc: bool = False):
+        super().__init__(p, mc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.active:
+            return x
+        return gaussian_dropout(x, self.p, True)
+
+
+# --------------------------------------------------------------------------------------
+# alpha dropout
+# --------------------------------------------------------------------------------------
+
+
+class AlphaDropout(DropoutLayer):
+    """Alpha dropout for self-normalising networks (Klambauer et al. 2017, SELU).
+
+    Dropped units are set to SELU's negative saturation ``alpha' = -lambda * alpha``
+    (not 0), then an affine map ``a * y + b`` with ``a = ((1-p)(1 + p alpha'^2))^-1/2``,
+    ``b = -a p alpha'`` restores mean 0 and variance 1 for inputs with mean 0 and
+    variance 1. Wraps ``torch.nn.functional.alpha_dropout``. Use with a SELU activation.
+    ``0 <= p < 1`` (at p = 1 the affine correction is infinite).
+    """
+
+    _p_upper_inclusive = False
+
+    def __init__(self, p: float = 0.5, mc: bool = False):
+        super().__init__(p, mc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.active:
+            return x
+        return F.alpha_dropout(x, self.p, True)
+
+
+# --------------------------------------------------------------------------------------
+# DropConnect
+# --------------------------------------------------------------------------------------
+
+
+class DropConnectLinear(nn.Linear, DropoutLayer):
+    """A ``nn.Linear`` that drops weights instead of activations (Wan et al. 2013, DropConnect).
+
+    In training, ``y = x (W * M)^T / (1 - p) + b`` with one mask ``M ~ Bernoulli(1 - p)``
+    of W's shape per forward call (i.e. per mini-batch, shared by all its samples, as in
+    Wan et al.'s efficient implementation); the bias is not dropped. In eval
+    ``y = x W^T + b`` with the full weights (the mean of the training-time layer, i.e.
+    the "weight scaling" inference rule rather than the paper's Gaussian moment matching).
+    ``p`` is keyword-only so that ``functools.partial(DropConnectLinear, p=0.5)`` fits the
+    ``linear`` slot's ``(in_features, out_features)`` signature and a positional third
+    argument cannot be mistaken for nn.Linear's ``bias``. The mask uses
+    :func:`bernoulli_noise` (same quantisation of p as :func:`dropout`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, p: float = 0.5, bias: bool = True,
+                 mc: bool = False, device=None, dtype=None):
+        # nn.Linear.__init__ runs DropoutLayer.__init__ (next in the MRO) with its defaults
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.p = p
+        self.mc = bool(mc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.active:
+            return F.linear(x, self.weight, self.bias)
+        if self.p == 1.0:
+            return F.linear(x, self.weight * 0.0, self.bias)
+        noise = bernoulli_noise(self.weight.shape, self.p, dtype=self.weight.dtype, device=self.weight.device)
+        return F.linear(x, self.weight * noise, self.bias)
+
+    def extra_repr(self) -> str:
+        return nn.Linear.extra_repr(self) + ", " + DropoutLayer.extra_repr(self)
+
+
+# --------------------------------------------------------------------------------------
+# spatial dropout
+# --------------------------------------------------------------------------------------
+
+
+def spatial_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+    """Channel-wise dropout of conv feature maps (Tompson et al. 2015, "SpatialDropout").
+
+    For ``x`` of shape [N, C, *spatial] (1-D [N, C, L] or 2-D [N, C, H, W]):
+    ``y[n, c] = x[n, c] * m[n, c] / (1 - p)``, ``m[n, c] ~ Bernoulli(1 - p)``: a whole
+    feature map is kept or dropped, because neighbouring activations are strongly
+    correlated and element-wise dropout barely removes information from them.
+    """
+    if x.dim() < 3:
+        raise ValueError(f"spatial dropout needs an input [N, C, *spatial] with at least 3 dims, got shape {tuple(x.shape)}")
+    if p == 0.0 or not training:
+        return x
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"spatial_dropout: p={p} is outside the allowed range [0, 1]")
+    if p == 1.0:
+        return x * 0.0
+    shape = x.shape[:2] + (1,) * (x.dim() - 2)
+    return x * bernoulli_noise(shape, p, dtype=x.dtype, device=x.device)
+
+
+class SpatialDropout(DropoutLayer):
+    """Drops whole channels of [N, C, L] or [N, C, H, W] maps; see :func:`spatial_dropout`."""
+
+    def __init__(self, p: float = 0.5, mc: bool = False):
+        super().__init__(p, mc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3:
+            raise ValueError(f"SpatialDropout needs an input [N, C, *spatial], got shape {tuple(x.shape)}")
+        if self.p == 0.0 or not self.active:
+            return x
+        return spatial_dropout(x, self.p, True)
+
+
+# --------------------------------------------------------------------------------------
+# DropBlock
+# --------------------------------------------------------------------------------------
+
+
+def drop_block_gamma(p: float, spatial: Sequence[int], block_size: int) -> float:
+    """DropBlock's seed rate (Ghiasi et al. 2018, eq. 1; per dimension as in timm).
+
+    ``gamma = p / prod(b_d) * prod(S_d) / prod(S_d - b_d + 1)`` with ``b_d =
+    min(block_size, S_d)``: seeds can only fall where a whole block fits (``S_d - b_d + 1``
+    positions per dimension), and the expected number of seeds times the block area is
+    ``p`` times the map size.
+    """
+    bs = [min(block_size, s) for s in spatial]
+    valid = math.prod(s - b + 1 for s, b in zip(spatial, bs))
+    return min(1.0, p * math.prod(spatial) / (math.prod(bs) * valid))
+
+
+def drop_block(x: torch.Tensor, p: float = 0.1, block_size: int = 5, training: bool = True) -> torch.Tensor:
+    """DropBlock (Ghiasi et al. 2018, Algorithm 1) for 1-D [N, C, L] and 2-D [N, C, H, W] maps.
+
+    1. the block side is clipped to the map, ``b_d = min(block_size, S_d)``;
+    2. seeds ``s ~ Bernoulli(gamma)`` i.i.d. for every (n, c) map at every position where a
+       whole block fits (block starts ``0 .. S_d - b_d`` per dimension), with
+       ``gamma = p / b^2 * (H W) / ((H - b + 1)(W - b + 1))`` (1-D: ``p / b * L / (L - b + 1)``),
+       see :func:`drop_block_gamma`;
+    3. each seed zeroes its contiguous b(x b) block, so every zero lies in a whole block;
+    4. ``y = x * keep * numel(keep) / sum(keep)`` (the paper's and timm's kept-fraction
+       rescale, over the whole batch).
+
+    The expected dropped fraction is ``p`` only up to overlaps of blocks: a unit covered
+    by ``c`` candidate blocks is dropped with probability ``1 - (1 - gamma)^c`` (units at
+    the borders have fewer candidates), e.g. 0.096 at p = 0.1 and 0.265 at p = 0.3
+    (b = 5, L = 64). That is the paper's gamma, kept so that results compare with the
+    literature. This is timm's ``drop_block_2d`` (its non-"fast" variant), in 1-D and 2-D.
+    """
+    if x.dim() not in (3, 4):
+        raise ValueError(f"DropBlock takes [N, C, L] or [N, C, H, W] inputs, got shape {tuple(x.shape)}")
+    if p == 0.0 or not training:
+        return x
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"drop_block: p={p} is outside the allowed range [0, 1)")
+    spatial = tuple(x.shape[2:])
+    gamma = drop_block_gamma(p, spatial, block_size)
+    bs = [min(block_size, s) for s in spatial]
+    starts = tuple(s - b + 1 for s, b in zip(spatial, bs))
+    # seeds in float32: max-pooling is not implemented for every dtype (e.g. half on CPU)
+    seeds = (torch.rand(x.shape[:2] + starts, device=x.device) < gamma).to(torch.float32)
+    # unit j is dropped iff a seed starts in [j - b + 1, j]: pad the seed map by b - 1 on
+    # both sides and max-pool with a window of b, stride 1 (back to the map's size)
+    pad: list[int] = []
+    for b in reversed(bs):  # F.pad lists the last dimension first
+        pad += [b - 1, b - 1]
+    seeds = F.pad(seeds, pad)
+    if x.dim() == 3:
+        dropped = F.max_pool1d(seeds, kernel_size=bs[0], stride=1)
+    else:
+        dropped = F.max_pool2d(seeds, kernel_size=tuple(bs), stride=1)
+    keep = 1.0 - dropped
+    scale = keep.numel() / keep.sum().clamp_min(1.0)
+    return x * (keep * scale).to(x.dtype)
+
+
+class DropBlock(DropoutLayer):
+    """DropBlock for [N, C, L] / [N, C, H, W] maps; see :func:`drop_block` for the math."""
+
+    _p_upper_inclusive = False
+
+    def __init__(self, p: float = 0.1, block_size: int = 5, mc: bool = False):
+        if int(block_size) != block_size or block_size < 1:
+            raise ValueError(f"block_size={block_size!r} must be an integer >= 1")
+        super().__init__(p, mc)
+        self.block_size = int(block_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() not in (3, 4):
+            raise ValueError(f"DropBlock takes [N, C, L] or [N, C, H, W] inputs, got shape {tuple(x.shape)}")
+        if self.p == 0.0 or not self.active:
+            return x
+        return drop_block(x, self.p, self.block_size, True)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", block_size={self.block_size}"
+
+
+# --------------------------------------------------------------------------------------
+# DropPath
+# --------------------------------------------------------------------------------------
+
+
+def drop_path(x: torch.Tensor, p: float = 0.1, training: bool = True) -> torch.Tensor:
+    """Stochastic depth per sample (Huang et al. 2016), for a residual branch.
+
+    ``y[n] = x[n] * m[n] / (1 - p)``, ``m[n] ~ Bernoulli(1 - p)``: the whole branch output
+    of sample n is dropped, so ``x + drop_path(branch(x))`` is the identity for it. The
+    1/(1-p) rescale (as in timm) makes the eval-time network the expectation of the
+    training one, instead of Huang et al.'s multiplying the branch by (1-p) at test time.
+    """
+    if p == 0.0 or not training:
+        return x
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"drop_path: p={p} is outside the allowed range [0, 1]")
+    if p == 1.0:
+        return x * 0.0
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    return x * bernoulli_noise(shape, p, dtype=x.dtype, device=x.device)
+
+
+class DropPath(DropoutLayer):
+    """Per-sample stochastic depth; wrap a residual branch: ``x + drop_path(branch(x))``."""
+
+    def __init__(self, p: float = 0.1, mc: bool = False):
+        super().__init__(p, mc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.active:
+            return x
+        return drop_path(x, self.p, True)
+
+
+# --------------------------------------------------------------------------------------
+# Dropped(module)
+# --------------------------------------------------------------------------------------
+
+
+class Dropped(DropoutLayer):
+    """Wrap any module and apply inverted dropout to its output: ``dropout(module(x), p)``.
+
+    This is what the seed document's ``Dropout(module)`` wrapper meant to do; that one
+    returned ``self.module(x)`` unchanged, so it regularised nothing.
+    """
+
+    def __init__(self, module: nn.Module, p: float = 0.5, mc: bool = False):
+        super().__init__(p, mc)
+        self.module = module
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        y = self.module(*args, **kwargs)
+        if self.p == 0.0 or not self.active:
+            return y
+        return dropout(y, self.p, True)
