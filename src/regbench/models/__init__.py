@@ -12,6 +12,7 @@ from regbench.models.cnn1d import CNN1D
 from regbench.models.inputs import IncompatibleInputError, InputProblem, incompatible_message
 from regbench.models.logreg import LogReg
 from regbench.models.mlp import MLP
+from regbench.models.resmlp import ResMLP
 from regbench.models.seed_cnn import SeedCNN
 from regbench.models.slots import SlotError, Slots, check_slots
 
@@ -20,10 +21,11 @@ MODELS: dict[str, type[nn.Module]] = {
     "logreg": LogReg,
     "cnn1d": CNN1D,
     "seed_cnn": SeedCNN,
+    "resmlp": ResMLP,
 }
 
 __all__ = ["MODELS", "Slots", "SlotError", "check_slots", "build_model", "check_input", "IncompatibleInputError",
-           "InputProblem", "MLP", "LogReg", "CNN1D", "SeedCNN"]
+           "InputProblem", "MLP", "LogReg", "CNN1D", "SeedCNN", "ResMLP"]
 
 
 def check_input(name: str, input_shape: tuple[int, ...], data_name: str = "?", **kwargs) -> None:

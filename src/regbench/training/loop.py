@@ -82,7 +82,8 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000
     net.eval()
     if mc_samples:
         from regbench.regularizers.layers import set_mc_dropout
-        set_mc_dropout(net, True)
+        if set_mc_dropout(net, True) == 0:
+            raise ValueError("mc_samples > 0 but the network has no regbench dropout layer to keep on at test time")
     loss = correct = entropy = 0.0
     try:
         for xb, yb in zip(x.split(chunk), y.split(chunk)):
