@@ -246,24 +246,14 @@ class FakeTrainer:
 
 
 def drive(cb: CriterionStopping, val: list[float], train: list[float] | None = None,
-          val_key: str = "val/loss", trainer: FakeTrainer | None = None, start: int = 0,
-          train_logged_late: bool = False) -> FakeTrainer:
-    """Replay Lightning's hooks for each epoch: validation end, then train epoch end.
-
-    By default the epoch's train/loss is in callback_metrics before validation ends (regbench's
-    one-batch epochs log it with on_step=True); with ``train_logged_late`` it only appears
-    after validation, as an on_epoch=True metric of a multi-batch module does.
-    """
+          val_key: str = "val/loss", trainer: FakeTrainer | None = None, start: int = 0) -> FakeTrainer:
+    """Replay Lightning's end of each epoch: the epoch's metrics are logged, then on_train_epoch_end."""
     trainer = trainer or FakeTrainer()
     train = train or [1.0] * len(val)
     for e in range(start, len(val)):
         trainer.current_epoch = e
-        if not train_logged_late:
-            trainer.callback_metrics["train/loss"] = torch.tensor(train[e])
+        trainer.callback_metrics["train/loss"] = torch.tensor(train[e])
         trainer.callback_metrics[val_key] = torch.tensor(val[e])
-        cb.on_validation_end(trainer, None)
-        if train_logged_late:
-            trainer.callback_metrics["train/loss"] = torch.tensor(train[e])
         cb.on_train_epoch_end(trainer, None)
         if trainer.should_stop:
             break
@@ -278,46 +268,23 @@ def test_callback_stops_like_the_criterion():
     assert cb.reason == "GL_5: GL=6.25 > 5 at epoch 6 (trainer epoch 5)"
 
 
-def test_callback_decides_at_validation_end():
-    """Only on_validation_end is needed (and a checkpoint written right after it is current)."""
-    cb = CriterionStopping(GL(5))
-    trainer = FakeTrainer()
-    for e, v in enumerate([1.0, 0.75, 0.5, 0.515625, 0.5, 0.53125]):
-        trainer.current_epoch = e
-        trainer.callback_metrics.update({"val/loss": torch.tensor(v), "train/loss": torch.tensor(1.0)})
-        cb.on_validation_end(trainer, None)
-        assert cb.state_dict()["criterion"]["epoch"] == e + 1
-    assert trainer.should_stop and cb.stopped_epoch == 5
-
-
-@pytest.mark.parametrize("late", [False, True])
-def test_callback_uses_the_same_epochs_training_loss(late):
-    cb = CriterionStopping(PQ(0.5, k=5), check_on_train_epoch_end=late)
-    trainer = drive(cb, PQ_VAL, PQ_TRAIN, train_logged_late=late)
+def test_callback_uses_the_same_epochs_training_loss():
+    cb = CriterionStopping(PQ(0.5, k=5))
+    trainer = drive(cb, PQ_VAL, PQ_TRAIN)
     assert cb.stopped_epoch == 14 and trainer.should_stop
     # the metrics are float32 tensors, hence the tolerance
     assert cb.criterion.quantities["P_5"] == pytest.approx(1000 * (1.78 / 1.76 - 1), rel=1e-4)
 
 
-def test_late_training_loss_needs_check_on_train_epoch_end():
-    cb = CriterionStopping(PQ(0.5, k=5))
-    with pytest.raises(RuntimeError, match="'train/loss' is not in"):
-        drive(cb, PQ_VAL, PQ_TRAIN, train_logged_late=True)  # epoch 0 has no train/loss yet
-
-
-@pytest.mark.parametrize("late", [False, True])
-def test_callback_skips_sanity_check_and_epochs_without_validation(late):
-    cb = CriterionStopping(Patience(1), check_on_train_epoch_end=late)
+def test_callback_updates_once_per_epoch():
+    cb = CriterionStopping(GL(5))
     trainer = FakeTrainer()
-    trainer.sanity_checking = True
-    trainer.callback_metrics["val/loss"] = torch.tensor(5.0)
-    cb.on_validation_end(trainer, None)
-    trainer.sanity_checking = False
-    trainer.callback_metrics["train/loss"] = torch.tensor(1.0)
-    cb.on_train_epoch_end(trainer, None)  # no validation run this epoch: no update
-    assert cb.criterion.epoch == 0
-    drive(cb, [1.0, 1.0], trainer=trainer, train_logged_late=late)
-    assert cb.criterion.epoch == 2 and cb.stopped_epoch == 1
+    for e, v in enumerate([1.0, 0.75, 0.5, 0.515625, 0.5, 0.53125]):
+        trainer.current_epoch = e
+        trainer.callback_metrics.update({"val/loss": torch.tensor(v), "train/loss": torch.tensor(1.0)})
+        cb.on_train_epoch_end(trainer, None)
+        assert cb.state_dict()["criterion"]["epoch"] == e + 1
+    assert trainer.should_stop and cb.stopped_epoch == 5
 
 
 def test_callback_mode_max_uses_the_error():
@@ -398,7 +365,7 @@ def _fit(callbacks, val_curve, train_curve, max_epochs, train_on_epoch=False):
 def test_callback_in_a_real_lightning_fit(train_on_epoch):
     # PQ needs each epoch's own training loss: the expected stop (epoch 15, 0-based 14)
     # checks that the callback got the right one at the moment it updates
-    cb = CriterionStopping(PQ(0.5, k=5), check_on_train_epoch_end=train_on_epoch)
+    cb = CriterionStopping(PQ(0.5, k=5))
     trainer = _fit([cb], PQ_VAL, PQ_TRAIN, max_epochs=len(PQ_VAL) + 3, train_on_epoch=train_on_epoch)
     assert cb.stopped_epoch == 14 and trainer.current_epoch == 15  # the loop stopped after epoch 14
     # with training losses one epoch late, the last strip would be .36 .36 .358 .356 .354: P_5 = 10.17

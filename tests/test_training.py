@@ -13,6 +13,7 @@ from conftest import compose, tiny
 from regbench.app import train
 from regbench.config import validate
 from regbench.training.callbacks import BestWeights, History
+from regbench.training.module import Classifier
 
 
 def train_in_process(tmp_path, *overrides: str) -> dict:
@@ -35,10 +36,8 @@ class Scripted(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         with torch.no_grad():
             self.net.weight.fill_(self.current_epoch)
-        self.log("train/loss", 1.0 / (1 + self.current_epoch), on_step=True, on_epoch=False)
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val/acc", self.script[self.current_epoch], on_epoch=True)
+        Classifier.publish(self, {"train/loss": 1.0 / (1 + self.current_epoch),
+                                  "val/acc": self.script[self.current_epoch]})
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.0)
@@ -48,9 +47,9 @@ def fit_scripted(script, callbacks, max_epochs):
     module = Scripted(script)
     data = [torch.zeros(1)]
     trainer = pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                         accelerator="cpu")
-    trainer.fit(module, train_dataloaders=data, val_dataloaders=data)
+                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                         accelerator="cpu", log_every_n_steps=1)
+    trainer.fit(module, train_dataloaders=data)
     return module
 
 

@@ -187,18 +187,16 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     trainer = pl.Trainer(
         max_epochs=rc.trainer.max_epochs, accelerator="gpu" if device == "cuda" else device,
         devices=rc.trainer.devices, precision=rc.trainer.precision, deterministic=rc.trainer.deterministic,
-        check_val_every_n_epoch=rc.trainer.check_val_every_n_epoch,
-        callbacks=callbacks, logger=logger, log_every_n_steps=1, num_sanity_val_steps=0,
+        callbacks=callbacks, logger=logger, log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0,
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         default_root_dir=str(run_dir),
     )
-    train_batches, val_batches = EpochData(data.x_train, data.y_train), EpochData(data.x_val, data.y_val)
+    epochs = EpochData(data.x_train, data.y_train, data.x_val, data.y_val)
     setup_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     if resume is not None:
         log.info("%s: resuming from %s", run_dir.name, resume)
-    trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches,
-                ckpt_path=str(resume) if resume else None)
+    trainer.fit(module, train_dataloaders=epochs, ckpt_path=str(resume) if resume else None)
     train_seconds = time.perf_counter() - t1
 
     chunk = rc.trainer.eval_batch_size

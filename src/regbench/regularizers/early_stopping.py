@@ -27,23 +27,14 @@ class CriterionStopping(pl.Callback):
             ``1 - value`` (the criteria minimise, and GL/PQ are ratios of errors).
         train_monitor: the epoch's training loss in ``trainer.callback_metrics`` (needed by
             PQ; passed to the others when present).
-        check_on_train_epoch_end: when to update the criterion, see below.
 
-    When the metrics are read. By default the criterion is updated in
-    ``on_validation_end`` (skipped while ``trainer.sanity_checking``), from
-    ``callback_metrics[monitor]`` and ``[train_monitor]``. That is right for regbench's
-    ``Classifier``, whose one Lightning batch is the whole epoch and which logs
-    ``train/loss`` with ``on_step=True``: the epoch's training loss is in
-    ``callback_metrics`` before validation runs. It also means a checkpoint written at
-    validation end (``PeriodicCheckpoint``, placed after this callback) holds the updated
-    criterion.
-
-    In a standard multi-batch module that logs the training loss with ``on_epoch=True``,
-    Lightning (2.6) runs the end-of-epoch validation *inside* the training epoch, and at
-    ``on_validation_end`` of epoch e ``train/loss`` still holds epoch e-1's value (and is
-    missing at e = 0). There pass ``check_on_train_epoch_end=True``: the validation value is
-    then read at ``on_validation_end`` and the criterion updated at ``on_train_epoch_end``
-    of the same epoch, once per epoch with a validation run (the last one, if several).
+    When the metrics are read: once per epoch, in ``on_train_epoch_end``, from
+    ``callback_metrics[monitor]`` and ``[train_monitor]``. By then both hold this epoch's
+    values, whether they were logged in the training step (regbench's ``Classifier`` evaluates
+    the validation split at the end of its one-batch epoch), in a validation loop, or as
+    ``on_epoch=True`` aggregates (Lightning's ``EarlyStopping(check_on_train_epoch_end=True)``
+    reads them at the same point). Place ``PeriodicCheckpoint`` after this callback so that a
+    checkpoint holds the updated criterion.
 
     After a stop: ``trainer.should_stop`` is set, ``stopped_epoch`` is
     ``trainer.current_epoch`` (0-based) of the epoch that fired, and ``reason`` the
@@ -52,7 +43,7 @@ class CriterionStopping(pl.Callback):
     """
 
     def __init__(self, criterion: Criterion, monitor: str = "val/loss", mode: str = "min",
-                 train_monitor: str = "train/loss", check_on_train_epoch_end: bool = False):
+                 train_monitor: str = "train/loss"):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode={mode!r} is invalid: must be 'min' or 'max'")
@@ -62,14 +53,12 @@ class CriterionStopping(pl.Callback):
         self.monitor = monitor
         self.mode = mode
         self.train_monitor = train_monitor
-        self.check_on_train_epoch_end = bool(check_on_train_epoch_end)
         self.stopped_epoch: int | None = None
         self.reason: str | None = None
-        self._pending_val: float | None = None
 
     def __repr__(self) -> str:
         return (f"CriterionStopping({self.criterion!r}, monitor={self.monitor!r}, mode={self.mode!r}, "
-                f"train_monitor={self.train_monitor!r}, check_on_train_epoch_end={self.check_on_train_epoch_end})")
+                f"train_monitor={self.train_monitor!r})")
 
     @property
     def state_key(self) -> str:
@@ -78,22 +67,9 @@ class CriterionStopping(pl.Callback):
 
     # -- hooks ------------------------------------------------------------------------
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = self._read(trainer, self.monitor)
-        self._pending_val = 1.0 - value if self.mode == "max" else value
-        if not self.check_on_train_epoch_end:
-            self._update(trainer)
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.check_on_train_epoch_end:
-            self._update(trainer)
-
-    def _update(self, trainer: pl.Trainer) -> None:
-        if self._pending_val is None:  # no validation run this epoch
-            return
-        val, self._pending_val = self._pending_val, None
+        value = self._read(trainer, self.monitor)
+        val = 1.0 - value if self.mode == "max" else value
         train = None
         if self.train_monitor in trainer.callback_metrics:
             train = self._read(trainer, self.train_monitor)
@@ -117,14 +93,12 @@ class CriterionStopping(pl.Callback):
             "criterion": self.criterion.state_dict(),
             "stopped_epoch": self.stopped_epoch,
             "reason": self.reason,
-            "pending_val": self._pending_val,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.criterion.load_state_dict(state_dict["criterion"])
         self.stopped_epoch = state_dict["stopped_epoch"]
         self.reason = state_dict["reason"]
-        self._pending_val = state_dict["pending_val"]
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -134,7 +108,7 @@ class CriterionStopping(pl.Callback):
         if key not in metrics:
             raise RuntimeError(
                 f"CriterionStopping: metric {key!r} is not in trainer.callback_metrics "
-                f"(available: {sorted(metrics)}); log it before validation ends"
+                f"(available: {sorted(metrics)}); log it before the training epoch ends"
             )
         value = metrics[key]
         return float(value.item() if hasattr(value, "item") else value)

@@ -36,9 +36,7 @@ class BestWeights(pl.Callback):
     def _better(self, v: float) -> bool:
         return v < self.best_value if self.mode == "min" else v > self.best_value
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         v = _metric(trainer, self.monitor)
         if math.isfinite(v) and self._better(v):
             self.best_value, self.best_epoch = v, trainer.current_epoch
@@ -60,8 +58,8 @@ class BestWeights(pl.Callback):
 class History(pl.Callback):
     """Per-epoch train and validation metrics, kept for the results record (the report's curves).
 
-    Recorded when validation ends (train metrics of the epoch are logged by then), before a
-    checkpoint of that epoch is written, so a resumed run's history has every epoch once.
+    Recorded at the end of each epoch, before a checkpoint of that epoch is written (the
+    checkpoint callback comes last), so a resumed run's history has every epoch once.
     """
 
     KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
@@ -69,9 +67,7 @@ class History(pl.Callback):
     def __init__(self):
         self.rows: dict[str, list] = {"epoch": [], **{k: [] for k in self.KEYS}}
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.rows["epoch"].append(trainer.current_epoch)
         for k in self.KEYS:
             self.rows[k].append(_metric(trainer, k))
@@ -123,8 +119,8 @@ class PeriodicCheckpoint(pl.Callback):
     def __init__(self, path: Path, every: int):
         self.path, self.every = Path(path), every
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")

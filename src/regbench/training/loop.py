@@ -33,16 +33,17 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str = "cpu
 
 
 class EpochData:
-    """An iterable of one item per epoch, (x, y): Lightning's "batch" is the whole training set."""
+    """An iterable of one item per epoch: Lightning's "batch" is the whole training set (and the
+    validation set the epoch ends with), as in-memory tensors."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+    def __init__(self, *tensors: torch.Tensor):
+        self.tensors = tensors
 
     def __len__(self) -> int:
         return 1
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield self.x, self.y
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        yield self.tensors
 
 
 def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective,

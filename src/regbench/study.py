@@ -1,0 +1,982 @@
+"""The dropout-versus-early-stopping study: the seed document's claims against measured numbers.
+
+    python -m regbench.study [EXPERIMENT_DIR] [--template FILE] [--no-plots]
+
+Reads every results.json below EXPERIMENT_DIR (default experiments/dropout_vs_early_stopping, a
+Hydra sweep folder with one sub-folder per run), writes the comparison tables and plots there
+(`regbench.reporting.write_report`: per_arm, pairwise, ranking, curves, intervals, gap), then
+size_effect.png and README.md. README.md is `report_template.md` (EXPERIMENT_DIR's own if it has
+one, else the repository's experiments/dropout_vs_early_stopping/report_template.md) filled by
+`string.Template` with tables and verdicts computed here from the records: no number is typed by
+hand, and regenerating from the same records gives the same bytes (no timestamps, fixed order).
+
+What the records need: `data`, `model`, `regularizer`, `seed`, `group_hash`, `metrics`, `config`
+(its `data.train_size` puts a run on the training-set-size axis; null = the whole training split)
+and, for the mechanism and calibration sections, `extra.mechanism` as written by
+`regbench.analysis.measure` (`extra.mc_entropy_test` for MC dropout). A setting or arm without
+records is reported as "not run". Optional `timing.json` in EXPERIMENT_DIR
+(`{"seconds": ..., "command": ..., "machine": ...}`) adds the study's wall-clock time.
+
+Exit status: 0 on success, 1 when there are no readable records, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import string
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from regbench.records import read_record
+from regbench.reporting import stats
+from regbench.reporting.collect import load_runs
+from regbench.reporting.report import NoRunsError, Report, write_report
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIR = Path("experiments") / "dropout_vs_early_stopping"
+TEMPLATE_NAME = "report_template.md"
+REPO_TEMPLATE = Path(__file__).resolve().parents[2] / DEFAULT_DIR / TEMPLATE_NAME
+README_NAME = "README.md"
+SIZE_PLOT = "size_effect.png"
+TIMING_FILE = "timing.json"
+
+BASELINE = "none"
+DROPOUT, EARLY, COMBO = "dropout", "early_stop", "dropout_early_stop"
+ARMS = ("none", "dropout", "gaussian_dropout", "early_stop", "dropout_early_stop", "maxnorm_dropout", "weight_decay")
+DROPOUT_VARIANTS = ("gaussian_dropout", "maxnorm_dropout")
+METRIC = "test/acc"
+T = "test_acc"  # regbench.reporting.tables.tag(METRIC)
+
+# size of the whole training split (after the validation carve-out) when data.train_size is null
+FULL_TRAIN_SIZE = {"mnist1d": 3500, "mnist5k": 3500, "digits": 1257}
+
+
+@dataclass(frozen=True)
+class Setting:
+    data: str
+    model: str
+    train_size: int | None = None  # None: the whole training split
+
+    @property
+    def wanted_size(self) -> int | None:
+        return self.train_size if self.train_size is not None else FULL_TRAIN_SIZE.get(self.data)
+
+    @property
+    def label(self) -> str:
+        return f"{self.data}/{self.model}" + (f" (n={self.train_size})" if self.train_size is not None else "")
+
+
+MAIN_SETTINGS = (Setting("mnist1d", "mlp"), Setting("mnist1d", "cnn1d"), Setting("mnist5k", "mlp"),
+                 Setting("mnist5k", "seed_cnn"), Setting("digits", "mlp"))
+SIZE_DATA, SIZE_MODEL = "mnist1d", "mlp"
+SIZES = (500, 1000, 2000, 3500)
+SIZE_SETTINGS = tuple(Setting(SIZE_DATA, SIZE_MODEL, n) for n in SIZES)
+
+# MNIST-1D benchmark (Greydanus & Kobak 2020), test accuracy: (model, what, as published, low, high);
+# a single published number ("~32%") is compared as that number +- 2 percentage points
+PUBLISHED = (
+    ("logreg", "logistic regression", "~32%", 0.30, 0.34),
+    ("mlp", "MLP", "64–68%", 0.64, 0.68),
+    ("resmlp", "MLP with residual hidden layer (their MLPBase)", "64–68%", 0.64, 0.68),
+    ("cnn1d", "CNN", "92–94%", 0.92, 0.94),
+)
+
+NOT_RUN = "not run"
+NOT_MEASURED = "not measured"
+TESTED = ("better", "worse", "no detectable difference")
+
+
+# --------------------------------------------------------------------------------------
+# number formats (the README shows numbers only through these)
+# --------------------------------------------------------------------------------------
+
+def _nan(x: Any) -> bool:
+    return x is None or (isinstance(x, (float, np.floating)) and math.isnan(x))
+
+
+def fmt_num(x: Any, digits: int = 3) -> str:
+    return "–" if _nan(x) else f"{float(x):.{digits}f}"
+
+
+def fmt_ci(mean: Any, lo: Any, hi: Any, digits: int = 3) -> str:
+    """`mean [lo, hi]`; the interval is left out when it is missing."""
+    if _nan(mean):
+        return "–"
+    if _nan(lo) or _nan(hi):
+        return f"{float(mean):.{digits}f}"
+    return f"{float(mean):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
+
+
+def fmt_acc(mean: Any, lo: Any = None, hi: Any = None) -> str:
+    """An accuracy (fraction) in percent with 2 decimals: `67.12 [66.50, 67.80]`."""
+    scale = lambda v: None if _nan(v) else 100.0 * float(v)  # noqa: E731
+    return fmt_ci(scale(mean), scale(lo), scale(hi), 2)
+
+
+def fmt_pp(diff: Any, lo: Any = None, hi: Any = None) -> str:
+    """A difference of accuracies in percentage points, signed: `+1.23 [+0.40, +2.10]`."""
+    if _nan(diff):
+        return "–"
+    s = f"{100.0 * float(diff):+.2f}"
+    if _nan(lo) or _nan(hi):
+        return s
+    return f"{s} [{100.0 * float(lo):+.2f}, {100.0 * float(hi):+.2f}]"
+
+
+def fmt_diff(diff: Any, lo: Any = None, hi: Any = None, digits: int = 3) -> str:
+    if _nan(diff):
+        return "–"
+    s = f"{float(diff):+.{digits}f}"
+    if _nan(lo) or _nan(hi):
+        return s
+    return f"{s} [{float(lo):+.{digits}f}, {float(hi):+.{digits}f}]"
+
+
+def fmt_p(p: Any) -> str:
+    """As the comparison tables print p-values (regbench.reporting.render)."""
+    if _nan(p):
+        return "–"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def md_table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
+    right = right if right is not None else set(range(1, len(header)))
+    esc = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
+             "|" + "|".join("---:" if i in right else ":---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# records -> runs with the study's columns
+# --------------------------------------------------------------------------------------
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _float(v: Any) -> float:
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    return float(v)
+
+
+# per-run columns read from the record itself (NaN when absent): its `extra` and `steps`
+RECORD_COLUMNS: dict[str, Callable[[dict], Any]] = {
+    "steps": lambda r: r.get("steps"),
+    "mech_corr": lambda r: _get(r, "extra", "mechanism", "summary", "mean_abs_corr"),
+    "mech_sparsity": lambda r: _get(r, "extra", "mechanism", "summary", "sparsity"),
+    "mech_unit_norm": lambda r: _get(r, "extra", "mechanism", "summary", "unit_norm_mean"),
+    "mech_dead_units": lambda r: _get(r, "extra", "mechanism", "summary", "dead_units"),
+    "ece": lambda r: _get(r, "extra", "mechanism", "ece"),
+    "entropy": lambda r: _get(r, "extra", "mechanism", "entropy"),
+    "mc_entropy": lambda r: _get(r, "extra", "mc_entropy_test"),
+}
+
+
+def effective_train_size(data: str, config: Any) -> int | None:
+    """`data.train_size` of the run's config, or the whole split's size when it is null."""
+    ts = _get(config, "data", "train_size")
+    if ts is None or isinstance(ts, bool):
+        return FULL_TRAIN_SIZE.get(data)
+    return int(ts)
+
+
+def _record(path: str) -> dict:
+    try:
+        return read_record(path)
+    except ValueError:
+        return {}
+
+
+def load_study_runs(experiment_dir: str | Path) -> pd.DataFrame:
+    """One row per readable record below `experiment_dir` (regbench.reporting.collect.load_runs) plus
+    `train_size` (effective), `gap` (train/acc - test/acc) and the RECORD_COLUMNS."""
+    runs = load_runs([Path(experiment_dir)]).runs.copy()
+    records = [_record(p) for p in runs["path"]]
+    runs["train_size"] = pd.Series([effective_train_size(d, c) for d, c in zip(runs["data"], runs["config"])],
+                                   index=runs.index, dtype=object)
+    runs["gap"] = runs["train/acc"] - runs["test/acc"]
+    for col, get in RECORD_COLUMNS.items():
+        runs[col] = pd.Series([_float(get(r)) for r in records], index=runs.index, dtype=float)
+    return runs
+
+
+# --------------------------------------------------------------------------------------
+# settings -> contexts (one data/model/config hash each)
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    setting: Setting
+    group_hash: str | None          # None: no records for this setting
+    runs: pd.DataFrame              # its runs, every status
+    note: str = ""
+
+    @property
+    def ran(self) -> bool:
+        return self.group_hash is not None
+
+    def arm(self, name: str) -> str | None:
+        """The arm label of regularizer `name` here (the name itself unless its settings varied)."""
+        if not self.ran:
+            return None
+        labels = sorted(self.runs.loc[self.runs["regularizer"] == name, "arm"].unique())
+        if name in labels:
+            return name
+        return labels[0] if labels else None
+
+    def values(self, name: str, column: str) -> dict:
+        """{seed: value} of the ok runs of arm `name` with a finite `column` (duplicates averaged)."""
+        label = self.arm(name)
+        if label is None:
+            return {}
+        g = self.runs[(self.runs["arm"] == label) & (self.runs["status"] == "ok")]
+        g = g[g[column].notna()]
+        keys = [s if not _nan(s) else p for s, p in zip(g["seed"], g["path"])]
+        return pd.Series(g[column].to_numpy(float), index=keys).groupby(level=0).mean().to_dict()
+
+    def config_value(self, *keys: str) -> Any:
+        if not self.ran or self.runs.empty:
+            return None
+        return _get(self.runs["config"].iloc[0], *keys)
+
+
+def resolve(runs: pd.DataFrame, setting: Setting) -> Context:
+    """The config hash that stands for `setting`: the one with the most ok runs (then the smallest hash)."""
+    sel = runs[(runs["data"] == setting.data) & (runs["model"] == setting.model)]
+    sel = sel[[ts == setting.wanted_size for ts in sel["train_size"]]]
+    if sel.empty:
+        return Context(setting, None, sel)
+    ok = sel[sel["status"] == "ok"].groupby("group_hash").size()
+    hashes = sorted(sel["group_hash"].unique(), key=lambda h: (-int(ok.get(h, 0)), h))
+    note = ""
+    if len(hashes) > 1:
+        note = (f"config {hashes[0]} used (most ok runs); other config(s) of this setting left out: "
+                f"{', '.join(hashes[1:])}")
+    return Context(setting, hashes[0], sel[sel["group_hash"] == hashes[0]], note)
+
+
+def _per_arm_row(report: Report, ctx: Context, name: str) -> pd.Series | None:
+    label = ctx.arm(name)
+    if label is None:
+        return None
+    pa = report.per_arm
+    m = pa[(pa["data"] == ctx.setting.data) & (pa["model"] == ctx.setting.model)
+           & (pa["config"] == ctx.group_hash) & (pa["regularizer"] == label)]
+    return m.iloc[0] if len(m) else None
+
+
+def _pair_row(report: Report, ctx: Context, name: str) -> pd.Series | None:
+    label = ctx.arm(name)
+    if label is None or ctx.arm(BASELINE) is None:
+        return None
+    pw = report.pairwise
+    m = pw[(pw["data"] == ctx.setting.data) & (pw["model"] == ctx.setting.model)
+           & (pw["config"] == ctx.group_hash) & (pw["regularizer"] == label)]
+    return m.iloc[0] if len(m) else None
+
+
+def _acc_cell(report: Report, ctx: Context, name: str) -> str:
+    r = _per_arm_row(report, ctx, name)
+    if r is None:
+        return NOT_RUN
+    return fmt_acc(r[f"{T}_mean"], r[f"{T}_ci95_low"], r[f"{T}_ci95_high"])
+
+
+def _outcome(verdict: Any) -> str:
+    v = str(verdict)
+    return "not testable" if v.startswith("not testable") else v
+
+
+def _pair_cells(report: Report, ctx: Context, name: str) -> tuple[str, str, str]:
+    """(difference vs none in pp with CI, p_holm, outcome) from the pairwise table."""
+    r = _pair_row(report, ctx, name)
+    if r is None:
+        return NOT_RUN, "–", NOT_RUN
+    return (fmt_pp(r[f"{T}_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]), fmt_p(r["p_holm"]),
+            _outcome(r["verdict"]))
+
+
+def _n_ok(report: Report, ctx: Context, name: str) -> int:
+    r = _per_arm_row(report, ctx, name)
+    return 0 if r is None else int(r["seeds_ok"])
+
+
+# --------------------------------------------------------------------------------------
+# verdict rules
+# --------------------------------------------------------------------------------------
+
+CATEGORIES = ("supported", "partly supported", "mixed", "not supported", "contradicted", NOT_RUN)
+
+
+def tally(outcomes: list[str]) -> tuple[str, int, int, int]:
+    """(category, n tested, k better, j worse) from per-setting outcomes (see VERDICT_RULE)."""
+    tested = [o for o in outcomes if o in TESTED]
+    n, k, j = len(tested), tested.count("better"), tested.count("worse")
+    if n == 0:
+        cat = NOT_RUN
+    elif k and j:
+        cat = "mixed"
+    elif k == n:
+        cat = "supported"
+    elif k:
+        cat = "partly supported"
+    elif j:
+        cat = "contradicted"
+    else:
+        cat = "not supported"
+    return cat, n, k, j
+
+
+def verdict_line(outcomes: list[str], better: str, worse: str, what: str) -> str:
+    cat, n, k, j = tally(outcomes)
+    if cat == NOT_RUN:
+        return f"**{NOT_RUN}** ({what}: no setting with a testable comparison)"
+    return (f"**{cat}** ({what}: {better} on {k} of {n} tested settings, {worse} on {j}, "
+            f"no detectable difference on {n - k - j})")
+
+
+def _rename(outcome: str, better: str, worse: str) -> str:
+    return {"better": better, "worse": worse}.get(outcome, outcome)
+
+
+VERDICT_RULE = f"""\
+- **Per setting**, a comparison's outcome is *better* / *worse* when its Holm-adjusted p-value is below
+  {stats.ALPHA} (the direction from the mean difference), otherwise *no detectable difference*; *not testable*
+  when either side has fewer than 2 ok runs; *not run* when the setting or one of the two arms has no records.
+  Accuracy comparisons against `none` are the rows of [pairwise.md](pairwise.md): paired on shared seeds
+  (paired t-test), Holm over **all** rows of that table. Comparisons computed for this report (train–test
+  gap, mechanism, head to head) use the same statistics (`regbench.reporting.stats.compare`) with Holm over
+  the rows of their own table, as each section says.
+- **Per claim**, over the n settings with a tested outcome: **supported** = better on all n;
+  **partly supported** = better on some, worse on none; **mixed** = better on some and worse on some;
+  **not supported** = no detectable difference on all n; **contradicted** = worse on some, better on none;
+  **not run** = n = 0.
+- The 95% intervals are percentile-bootstrap intervals ({stats.N_RESAMPLES} resamples, seed
+  {stats.BOOTSTRAP_SEED}): of an arm's mean over seeds, or of the mean per-seed difference when paired
+  (see `src/regbench/reporting/README_STATS.md`)."""
+
+
+# --------------------------------------------------------------------------------------
+# comparisons computed here (families with their own Holm correction)
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    key: tuple
+    result: dict[str, Any] = field(default_factory=dict)
+    p_holm: float = math.nan
+    outcome: str = NOT_RUN
+
+
+def compare_family(specs: list[tuple[tuple, dict | None, dict | None, bool]]) -> dict[tuple, Comparison]:
+    """Compare each (key, arm {seed: v}, base {seed: v}, higher_is_better); Holm over the compared rows.
+
+    A spec with None for either side is `not run`; with a string for either side, that is its outcome."""
+    out = {key: Comparison(key) for key, *_ in specs}
+    for key, a, b, _ in specs:
+        if isinstance(a, str) or isinstance(b, str):
+            out[key].outcome = a if isinstance(a, str) else b
+    run = [(key, a, b, hib) for key, a, b, hib in specs if isinstance(a, dict) and isinstance(b, dict)]
+    results = [stats.compare(a, b, higher_is_better=hib) for _, a, b, hib in run]
+    p_holm = stats.holm([r["p_verdict"] for r in results]) if results else []
+    for (key, _a, _b, hib), r, ph in zip(run, results, p_holm):
+        c = out[key]
+        c.result, c.p_holm = r, float(ph)
+        if min(r["n_arm"], r["n_baseline"]) < 2:
+            c.outcome = "not testable"
+        else:
+            c.outcome = stats.verdict(r["diff_mean"], ph, hib)
+    return out
+
+
+def _vals_or_none(ctx: Context, name: str, column: str) -> dict | None:
+    if ctx.arm(name) is None:
+        return None
+    return ctx.values(name, column)
+
+
+def _mean_ci_cell(vals: dict, digits: int = 3, scale: float = 1.0) -> str:
+    x = np.array([vals[k] for k in sorted(vals, key=str)], float) * scale
+    if x.size == 0:
+        return "–"
+    lo, hi = stats.bootstrap_mean_ci(x)
+    return fmt_ci(float(x.mean()), lo, hi, digits)
+
+
+# --------------------------------------------------------------------------------------
+# the sections
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class Study:
+    experiment_dir: Path
+    report: Report
+    runs: pd.DataFrame
+    main: list[Context]
+    sizes: list[Context]
+    verdicts: dict[str, str] = field(default_factory=dict)   # claim -> category
+    fields: dict[str, str] = field(default_factory=dict)     # template placeholders
+    readme: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    size_series: dict[str, list[tuple[int, float, float, float]]] = field(default_factory=dict)
+
+
+def _overview(study: Study) -> str:
+    runs = study.runs
+    counts = {s: int((runs["status"] == s).sum()) for s in ("ok", "diverged", "failed")}
+    lines = [f"{len(runs)} run records read ({counts['ok']} ok, {counts['diverged']} diverged, "
+             f"{counts['failed']} failed); only ok runs enter the statistics."]
+    rows = []
+    seen: set[Setting] = set()
+    for ctx in [*study.main, *study.sizes, *_sanity_contexts(study)]:
+        if ctx.setting in seen:
+            continue
+        seen.add(ctx.setting)
+        if not ctx.ran:
+            rows.append([ctx.setting.label, "–", str(ctx.setting.wanted_size or "–"), NOT_RUN, "0", "–", ""])
+            continue
+        ok = ctx.runs[ctx.runs["status"] == "ok"]
+        arms = [a for a in ARMS if ctx.arm(a) is not None]
+        extra = sorted(set(ctx.runs["regularizer"]) - set(ARMS))
+        per_arm = ok.groupby("arm").size()
+        seeds = f"{int(per_arm.min())}–{int(per_arm.max())}" if len(per_arm) else "0"
+        rows.append([ctx.setting.label, ctx.group_hash, str(ctx.setting.wanted_size or "–"),
+                     ", ".join(arms + extra) or "–", str(len(ok)), seeds, ctx.note])
+    table = md_table(["setting", "config", "train size", "arms with records", "ok runs", "ok seeds per arm",
+                      "note"], rows, right={2, 4, 5})
+    total = float(np.nansum(runs["train_seconds"].to_numpy(float)))
+    lines += ["", table, "",
+              f"Training time summed over all records (fit only, as recorded): {total:.0f} s "
+              f"({total / 3600:.2f} h of single-run time)."]
+    return "\n".join(lines)
+
+
+def _timing(experiment_dir: Path) -> str:
+    path = experiment_dir / TIMING_FILE
+    if not path.is_file():
+        return f"Not recorded (no `{TIMING_FILE}` in the experiment folder)."
+    try:
+        t = json.loads(path.read_text())
+        seconds = float(t["seconds"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"`{TIMING_FILE}` is unreadable ({type(e).__name__}), so no wall-clock time is given."
+    parts = [f"The whole study took {seconds:.0f} s of wall-clock time ({seconds / 3600:.2f} h)"]
+    if t.get("machine"):
+        parts.append(f" on {t['machine']}")
+    text = "".join(parts) + "."
+    if t.get("command"):
+        text += f" Command:\n\n```\n{t['command']}\n```"
+    return text
+
+
+def _claim1(study: Study) -> None:
+    rep, f = study.report, study.fields
+    rows, outcomes = [], []
+    for ctx in study.main:
+        diff, p, outcome = _pair_cells(rep, ctx, DROPOUT)
+        outcomes.append(outcome)
+        rows.append([ctx.setting.label, f"{_n_ok(rep, ctx, BASELINE)} / {_n_ok(rep, ctx, DROPOUT)}",
+                     _acc_cell(rep, ctx, BASELINE), _acc_cell(rep, ctx, DROPOUT), diff, p, outcome])
+    f["claim1_table"] = md_table(["setting", "ok runs none / dropout", "none: test acc % [95% CI]",
+                                  "dropout: test acc % [95% CI]", "dropout − none, pp [95% CI]", "p_holm",
+                                  "outcome"], rows)
+    f["claim1_verdict"] = verdict_line(outcomes, "better", "worse", "test accuracy vs none")
+    study.verdicts["claim1_accuracy"] = tally(outcomes)[0]
+
+    # the train-test gap: lower is better
+    fam = compare_family([((ctx.setting,), _vals_or_none(ctx, DROPOUT, "gap"), _vals_or_none(ctx, BASELINE, "gap"),
+                           False) for ctx in study.main])
+    rows, gap_outcomes = [], []
+    for ctx in study.main:
+        c = fam[(ctx.setting,)]
+        gap_outcomes.append(c.outcome)
+        r = c.result
+        rows.append([ctx.setting.label,
+                     fmt_acc(_mean_of(ctx, BASELINE, "gap")), fmt_acc(_mean_of(ctx, DROPOUT, "gap")),
+                     fmt_pp(r.get("diff_mean"), r.get("ci_low"), r.get("ci_high")) if r else NOT_RUN,
+                     fmt_p(c.p_holm), _rename(c.outcome, "smaller gap", "larger gap")])
+    f["claim1_gap_table"] = md_table(["setting", "none: train − test acc, pp", "dropout: train − test acc, pp",
+                                      "dropout − none, pp [95% CI]", "p_holm (this table)", "outcome"], rows)
+    f["claim1_gap_verdict"] = verdict_line(gap_outcomes, "smaller gap", "larger gap",
+                                           "train–test accuracy gap vs none")
+    study.verdicts["claim1_gap"] = tally(gap_outcomes)[0]
+
+    rows = []
+    for ctx in study.main:
+        for arm in DROPOUT_VARIANTS:
+            diff, p, outcome = _pair_cells(rep, ctx, arm)
+            rows.append([ctx.setting.label, arm, _acc_cell(rep, ctx, arm), diff, p, outcome])
+    f["claim1_variants_table"] = md_table(["setting", "arm", "test acc % [95% CI]", "arm − none, pp [95% CI]",
+                                           "p_holm", "outcome"], rows, right={2, 3, 4})
+
+
+def _mean_of(ctx: Context, name: str, column: str) -> float:
+    vals = _vals_or_none(ctx, name, column)
+    return float(np.mean(list(vals.values()))) if vals else math.nan
+
+
+MECHANISM_METRICS = (
+    # column, label, higher_is_better (for "dropout is doing what the claim says"), better, worse
+    ("mech_corr", "mean |correlation| between hidden units", False, "lower", "higher"),
+    ("mech_sparsity", "activation sparsity (fraction of inactive outputs)", True, "sparser", "denser"),
+)
+
+
+def _has_mechanism(study: Study) -> bool:
+    return bool(study.runs["mech_corr"].notna().any() or study.runs["mech_sparsity"].notna().any())
+
+
+def _claim2(study: Study) -> None:
+    f = study.fields
+    specs = []
+    for col, _, hib, *_ in MECHANISM_METRICS:
+        for ctx in study.main:
+            a, b = _vals_or_none(ctx, DROPOUT, col), _vals_or_none(ctx, BASELINE, col)
+            if a is not None and b is not None and (not a or not b):
+                a = b = NOT_MEASURED  # the arms ran, but without mechanism measurements
+            specs.append(((col, ctx.setting), a, b, hib))
+    fam = compare_family(specs)
+    tables, verdicts = [], []
+    for col, label, hib, better, worse in MECHANISM_METRICS:
+        rows, outcomes = [], []
+        for ctx in study.main:
+            c = fam[(col, ctx.setting)]
+            outcomes.append(c.outcome)
+            r = c.result
+            rows.append([ctx.setting.label,
+                         _mean_ci_cell(_vals_or_none(ctx, BASELINE, col) or {}),
+                         _mean_ci_cell(_vals_or_none(ctx, DROPOUT, col) or {}),
+                         fmt_diff(r.get("diff_mean"), r.get("ci_low"), r.get("ci_high")) if r else NOT_RUN,
+                         fmt_p(c.p_holm), _rename(c.outcome, better, worse)])
+        tables.append(f"**{label[0].upper() + label[1:]}** (eval mode, test set, averaged over the hidden "
+                      f"layers):\n\n" + md_table(["setting", "none [95% CI]", "dropout [95% CI]",
+                                                  "dropout − none [95% CI]", "p_holm (both tables)", "outcome"],
+                                                 rows))
+        verdicts.append(f"- {label}: " + verdict_line(outcomes, better, worse, f"dropout vs none, {better} = "
+                                                      f"as the claim predicts"))
+        study.verdicts[f"claim2_{col}"] = tally(outcomes)[0]
+    if not _has_mechanism(study):
+        f["claim2_tables"] = ("Not measured: no record has `extra.mechanism` (see `regbench.analysis.measure`).")
+    else:
+        f["claim2_tables"] = "\n\n".join(tables)
+    f["claim2_verdict"] = "\n".join(verdicts)
+
+
+def _claim3(study: Study) -> None:
+    rep, f = study.report, study.fields
+    rows, acc_outcomes, halt_outcomes = [], [], []
+    for ctx in study.main:
+        diff, p, outcome = _pair_cells(rep, ctx, EARLY)
+        acc_outcomes.append(outcome)
+        es, base = _per_arm_row(rep, ctx, EARLY), _per_arm_row(rep, ctx, BASELINE)
+        max_epochs = ctx.config_value("trainer", "max_epochs")
+        if es is None:
+            halt_outcomes.append(NOT_RUN)
+            stopped = epochs = best = secs = NOT_RUN
+        else:
+            label = ctx.arm(EARLY)
+            ok = ctx.runs[(ctx.runs["arm"] == label) & (ctx.runs["status"] == "ok")]
+            k, n = int(ok["stopped_early"].sum()), len(ok)
+            halt_outcomes.append(NOT_RUN if n == 0 else ("better" if 2 * k > n else "no detectable difference"))
+            stopped = f"{k} / {n}"
+            base_epochs = fmt_num(base["epochs_trained_mean"], 1) if base is not None else "–"
+            epochs = f"{base_epochs} / {fmt_num(es['epochs_trained_mean'], 1)}"
+            best = fmt_num(es["best_epoch_mean"], 1)
+            base_secs = fmt_num(base["train_seconds_mean"], 1) if base is not None else "–"
+            secs = f"{base_secs} / {fmt_num(es['train_seconds_mean'], 1)}"
+        rows.append([ctx.setting.label, _acc_cell(rep, ctx, BASELINE), _acc_cell(rep, ctx, EARLY), diff, p, outcome,
+                     stopped, "–" if max_epochs is None else str(max_epochs), epochs, best, secs])
+    f["claim3_table"] = md_table(["setting", "none: test acc %", "early_stop: test acc %", "early_stop − none, pp",
+                                  "p_holm", "outcome", "runs stopped early", "max epochs",
+                                  "epochs trained none / early_stop", "best epoch (early_stop)",
+                                  "fit seconds none / early_stop"], rows)
+    cat, n, k, _ = tally(halt_outcomes)
+    halt = {"supported": "supported", "partly supported": "partly supported", "not supported": "not supported"}.get(
+        cat, cat)
+    f["claim3_halt_verdict"] = (f"**{halt}** (halting: early stopping stopped before the epoch limit in most of "
+                                f"its runs on {k} of {n} settings)" if n else f"**{NOT_RUN}**")
+    f["claim3_verdict"] = verdict_line(acc_outcomes, "better", "worse", "test accuracy of early_stop vs none")
+    study.verdicts["claim3_halt"] = halt
+    study.verdicts["claim3_accuracy"] = tally(acc_outcomes)[0]
+
+
+def _claim4(study: Study) -> None:
+    rep, f = study.report, study.fields
+    specs = []
+    for ctx in study.main:
+        acc = lambda name: _vals_or_none(ctx, name, METRIC)  # noqa: E731
+        specs += [(("h2h", ctx.setting), acc(DROPOUT), acc(EARLY), True),
+                  (("combo-dropout", ctx.setting), acc(COMBO), acc(DROPOUT), True),
+                  (("combo-early", ctx.setting), acc(COMBO), acc(EARLY), True)]
+    fam = compare_family(specs)
+
+    def cell(key) -> tuple[str, str]:
+        c = fam[key]
+        r = c.result
+        if not r:
+            return NOT_RUN, "–"
+        return fmt_pp(r["diff_mean"], r["ci_low"], r["ci_high"]), fmt_p(c.p_holm)
+
+    rows, winners = [], []
+    for ctx in study.main:
+        d, e = _per_arm_row(rep, ctx, DROPOUT), _per_arm_row(rep, ctx, EARLY)
+        overlap = "–"
+        if d is not None and e is not None and not _nan(d[f"{T}_ci95_low"]) and not _nan(e[f"{T}_ci95_low"]):
+            disjoint = d[f"{T}_ci95_low"] > e[f"{T}_ci95_high"] or e[f"{T}_ci95_low"] > d[f"{T}_ci95_high"]
+            overlap = "no" if disjoint else "yes"
+        c = fam[("h2h", ctx.setting)]
+        winner = {"better": "dropout", "worse": "early stopping", "no detectable difference": "neither"}.get(
+            c.outcome, c.outcome)
+        winners.append(c.outcome)
+        diff, p = cell(("h2h", ctx.setting))
+        rows.append([ctx.setting.label, _acc_cell(rep, ctx, DROPOUT), _acc_cell(rep, ctx, EARLY), overlap, diff, p,
+                     winner])
+    f["claim4_table"] = md_table(["setting", "dropout: test acc % [95% CI]", "early_stop: test acc % [95% CI]",
+                                  "CIs overlap", "dropout − early_stop, pp [95% CI]", "p_holm (both tables)",
+                                  "better"], rows)
+    cat, n, k, j = tally(winners)
+    f["claim4_verdict"] = (f"dropout better on {k} of {n} tested settings, early stopping better on {j}, "
+                           f"no detectable difference on {n - k - j}" if n else NOT_RUN)
+    study.verdicts["claim4_head_to_head"] = f"{k}/{j}/{n}"
+
+    rows, combo = [], []
+    for ctx in study.main:
+        a, pa = cell(("combo-dropout", ctx.setting))
+        b, pb = cell(("combo-early", ctx.setting))
+        o1, o2 = fam[("combo-dropout", ctx.setting)].outcome, fam[("combo-early", ctx.setting)].outcome
+        if o1 in TESTED and o2 in TESTED:
+            both = ("better" if o1 == o2 == "better" else "worse" if "worse" in (o1, o2)
+                    else "no detectable difference")
+        else:
+            both = NOT_RUN if NOT_RUN in (o1, o2) else "not testable"
+        combo.append(both)
+        rows.append([ctx.setting.label, _acc_cell(rep, ctx, COMBO), a, pa, b, pb,
+                     _rename(both, "beats both", "worse than one")])
+    f["claim4_combo_table"] = md_table(["setting", "dropout_early_stop: test acc % [95% CI]",
+                                        "combined − dropout, pp [95% CI]", "p_holm", "combined − early_stop, pp [95% CI]",
+                                        "p_holm", "outcome"], rows)
+    f["claim4_combo_verdict"] = verdict_line(combo, "beats both", "worse than at least one",
+                                             "dropout + early stopping vs each alone")
+    study.verdicts["claim4_combo"] = tally(combo)[0]
+
+
+def _claim5(study: Study) -> None:
+    rep, f = study.report, study.fields
+    rows, series = [], {DROPOUT: [], EARLY: []}
+    for ctx in study.sizes:
+        diff, p, outcome = _pair_cells(rep, ctx, DROPOUT)
+        rows.append([str(ctx.setting.train_size), f"{_n_ok(rep, ctx, BASELINE)} / {_n_ok(rep, ctx, DROPOUT)}",
+                     _acc_cell(rep, ctx, BASELINE), _acc_cell(rep, ctx, DROPOUT), diff, p, outcome,
+                     _pair_cells(rep, ctx, EARLY)[0]])
+        for arm in series:
+            r = _pair_row(rep, ctx, arm)
+            if r is not None and not _nan(r[f"{T}_diff_mean"]):
+                series[arm].append((ctx.setting.train_size, float(r[f"{T}_diff_mean"]),
+                                    float(r["diff_ci95_low"]), float(r["diff_ci95_high"])))
+    f["claim5_table"] = md_table(["train size", "ok runs none / dropout", "none: test acc % [95% CI]",
+                                  "dropout: test acc % [95% CI]", "dropout − none, pp [95% CI]", "p_holm", "outcome",
+                                  "early_stop − none, pp [95% CI]"], rows)
+
+    # the trend: per-seed differences at the smallest vs the largest size with >= 2 paired seeds
+    diffs = []
+    for ctx in study.sizes:
+        a, b = ctx.values(DROPOUT, METRIC), ctx.values(BASELINE, METRIC)
+        shared = sorted(set(a) & set(b), key=str)
+        if len(shared) >= 2:
+            diffs.append((ctx.setting.train_size, np.array([a[s] - b[s] for s in shared], float)))
+    if len(diffs) < 2:
+        f["claim5_trend"] = (f"The trend needs at least 2 sizes with at least 2 paired seeds; "
+                             f"{len(diffs)} available.")
+        f["claim5_verdict"] = f"**{NOT_RUN}**"
+        study.verdicts["claim5"] = NOT_RUN
+    else:
+        (n_small, small), (n_large, large) = diffs[0], diffs[-1]
+        with stats._quiet():
+            p = float(sps.ttest_ind(small, large, equal_var=False).pvalue)
+            rho = float(sps.spearmanr([n for n, _ in diffs], [d.mean() for _, d in diffs]).statistic) \
+                if len(diffs) >= 3 else math.nan
+        gap = small.mean() - large.mean()
+        if not _nan(p) and p < stats.ALPHA:
+            cat = "supported" if gap > 0 else "contradicted"
+        else:
+            cat = "not supported"
+        f["claim5_trend"] = (
+            f"Benefit of dropout (mean per-seed dropout − none) at n={n_small}: {fmt_pp(small.mean())} pp "
+            f"({small.size} seeds); at n={n_large}: {fmt_pp(large.mean())} pp ({large.size} seeds); "
+            f"difference {fmt_pp(gap)} pp, Welch's t-test p = {fmt_p(p)}. "
+            f"Spearman correlation of the mean difference with the training-set size over the "
+            f"{len(diffs)} sizes: {fmt_num(rho, 2)} (descriptive only).")
+        f["claim5_verdict"] = (f"**{cat}** (dropout's benefit at the smallest size minus that at the largest: "
+                               f"{fmt_pp(gap)} pp, p = {fmt_p(p)})")
+        study.verdicts["claim5"] = cat
+    study.fields["claim5_plot"] = (f"![dropout − none vs training-set size]({SIZE_PLOT})" if series[DROPOUT]
+                                   else f"No plot: no training-set size with both a `{DROPOUT}` and a `{BASELINE}` arm.")
+    study.size_series = series
+
+
+def write_size_plot(series: dict[str, list[tuple[int, float, float, float]]], path: Path) -> Path | None:
+    """Difference vs `none` (pp, with 95% CIs) against the training-set size; None when nothing to draw."""
+    if not any(series.values()):
+        path.unlink(missing_ok=True)
+        return None
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+    ax = fig.subplots()
+    sizes = sorted({n for pts in series.values() for n, *_ in pts})
+    shift = {DROPOUT: 0.97, EARLY: 1.03}
+    for i, (arm, pts) in enumerate(series.items()):
+        if not pts:
+            continue
+        x = np.array([n * shift.get(arm, 1.0) for n, *_ in pts])
+        d = np.array([100 * v for _, v, _, _ in pts])
+        lo = np.array([100 * v for _, _, v, _ in pts])
+        hi = np.array([100 * v for _, _, _, v in pts])
+        yerr = np.nan_to_num(np.vstack([d - lo, hi - d]), nan=0.0)
+        ax.errorbar(x, d, yerr=yerr, marker="o", capsize=3, color=cycle[i % len(cycle)], label=f"{arm} − none",
+                    lw=2.0 if arm == DROPOUT else 1.0, alpha=1.0 if arm == DROPOUT else 0.6)
+    ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([str(n) for n in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel(f"training-set size ({SIZE_DATA}/{SIZE_MODEL})")
+    ax.set_ylabel("test accuracy difference (pp)")
+    ax.set_title("Effect vs training-set size, 95% bootstrap CIs")
+    ax.legend(loc="best", fontsize="small")
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    return path
+
+
+SEED_DOC_SNIPPET = '''class Dropout(nn.Module):
+    def __init__(self, module):
+        super(Dropout, self).__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)'''
+
+
+def seed_doc_dropout_check(n: int = 64, width: int = 16, p: float = 0.5) -> dict[str, Any]:
+    """Run the seed document's Dropout class and regbench's `Dropped` wrapper in training mode on the
+    same input (fixed seed, the global generator left untouched); count what each changes."""
+    import torch
+    from torch import nn
+
+    from regbench.regularizers.layers import Dropped
+
+    ns: dict[str, Any] = {"nn": nn}
+    exec(SEED_DOC_SNIPPET, ns)  # the document's code, verbatim
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        inner = nn.Linear(width, width)
+        x = torch.randn(n, width)
+        with torch.no_grad():
+            ref = inner(x)
+            doc = ns["Dropout"](inner).train()(x)
+            ours = Dropped(inner, p=p).train()(x)
+    total = ref.numel()
+    return {"outputs": total, "doc_changed": int((doc != ref).sum()), "doc_zeroed": int((doc == 0).sum()),
+            "ours_zeroed": int((ours == 0).sum()), "ours_changed": int((ours != ref).sum()), "p": p}
+
+
+def _claim6(study: Study) -> None:
+    r = seed_doc_dropout_check()
+    f = study.fields
+    f["claim6_snippet"] = SEED_DOC_SNIPPET
+    f["claim6_measured"] = (
+        f"Run here on a {r['outputs']}-element training-mode output of `nn.Linear(16, 16)` (seed 0): the "
+        f"document's class changed {r['doc_changed']} of {r['outputs']} outputs ({r['doc_zeroed']} zeros); "
+        f"regbench's `Dropped(module, p={r['p']:g})` zeroed {r['ours_zeroed']} of {r['outputs']} "
+        f"({fmt_num(r['ours_zeroed'] / r['outputs'], 3)}, expected {r['p']:g}).")
+    confirmed = r["doc_changed"] == 0
+    f["claim6_verdict"] = ("**confirmed: the document's Dropout class does nothing**" if confirmed
+                           else "**not confirmed: the document's class changed its module's output**")
+    study.verdicts["claim6"] = "confirmed" if confirmed else "not confirmed"
+
+
+def _sanity_contexts(study: Study) -> list[Context]:
+    return [resolve(study.runs, Setting("mnist1d", model)) for model, *_ in PUBLISHED]
+
+
+def _sanity(study: Study) -> None:
+    rep, f = study.report, study.fields
+    rows = []
+    for (model, what, published, lo, hi), ctx in zip(PUBLISHED, _sanity_contexts(study)):
+        r = _per_arm_row(rep, ctx, BASELINE)
+        if r is None:
+            rows.append([f"`{model}` ({what})", published, NOT_RUN, "0", NOT_RUN])
+            continue
+        m, cl, ch = r[f"{T}_mean"], r[f"{T}_ci95_low"], r[f"{T}_ci95_high"]
+        a, b = (m, m) if _nan(cl) else (cl, ch)
+        where = "–" if _nan(m) else ("below" if b < lo else "above" if a > hi else "consistent")
+        rows.append([f"`{model}` ({what})", published, fmt_acc(m, cl, ch), str(int(r["seeds_ok"])), where])
+    f["sanity_table"] = md_table(["regbench model", "published test acc", "regbench `none`: test acc % [95% CI]",
+                                  "ok runs", "vs published"], rows, right={2, 3})
+    ctx = resolve(study.runs, Setting("mnist1d", "mlp"))
+    if ctx.ran:
+        steps = ctx.values(BASELINE, "steps")
+        steps_txt = f"{np.mean(list(steps.values())):.0f}" if steps else "–"
+        f["sanity_protocol"] = (
+            f"regbench (from the records of mnist1d/mlp): {ctx.config_value('optim', 'name')} at lr "
+            f"{ctx.config_value('optim', 'lr')}, batch {ctx.config_value('optim', 'batch_size')}, "
+            f"up to {ctx.config_value('trainer', 'max_epochs')} epochs of shuffled batches on "
+            f"{ctx.setting.wanted_size} training examples after carving a "
+            f"{ctx.config_value('data', 'val_size')}-example validation split; the `none` runs took "
+            f"{steps_txt} optimizer steps on average.")
+    else:
+        f["sanity_protocol"] = f"regbench protocol: {NOT_RUN} (no mnist1d/mlp records)."
+
+
+def _calibration(study: Study) -> None:
+    f = study.fields
+    if not study.runs["ece"].notna().any():
+        f["calibration_table"] = "Not measured: no record has `extra.mechanism` (see `regbench.analysis.measure`)."
+    else:
+        rows = []
+        for ctx in study.main:
+            for arm in ARMS:
+                if ctx.arm(arm) is None:
+                    if arm in (BASELINE, DROPOUT, EARLY):
+                        rows.append([ctx.setting.label, arm, NOT_RUN, "–", "–", "–", "–"])
+                    continue
+                ece = ctx.values(arm, "ece")
+                rows.append([ctx.setting.label, arm, _mean_ci_cell(ece, 4), fmt_num(_mean_of(ctx, arm, "entropy"), 3),
+                             fmt_num(_mean_of(ctx, arm, "mech_corr"), 3), fmt_num(_mean_of(ctx, arm, "mech_sparsity"), 3),
+                             fmt_num(_mean_of(ctx, arm, "mech_unit_norm"), 3)])
+        f["calibration_table"] = md_table(["setting", "arm", "ECE (15 bins) [95% CI]", "mean entropy (nats)",
+                                           "mean abs corr", "sparsity", "mean unit weight norm"], rows, right={2, 3, 4, 5, 6})
+    mc = study.runs[study.runs["mc_entropy"].notna() & (study.runs["status"] == "ok")]
+    if mc.empty:
+        f["mc_table"] = "No MC-dropout runs in these records (no `extra.mc_entropy_test`)."
+    else:
+        rows = []
+        for (data, model, gh, arm), g in mc.groupby(["data", "model", "group_hash", "arm"], sort=True):
+            vals = dict(zip(g["seed"], g["mc_entropy"]))
+            rows.append([f"{data}/{model}", gh, arm, str(len(g)), _mean_ci_cell(vals, 3)])
+        f["mc_table"] = md_table(["data/model", "config", "arm", "ok runs", "MC predictive entropy (nats) [95% CI]"],
+                                 rows, right={3, 4})
+
+
+# --------------------------------------------------------------------------------------
+# the whole report
+# --------------------------------------------------------------------------------------
+
+def template_path(experiment_dir: Path, template: str | Path | None = None) -> Path:
+    if template is not None:
+        return Path(template)
+    own = experiment_dir / TEMPLATE_NAME
+    return own if own.is_file() else REPO_TEMPLATE
+
+
+def build_study(experiment_dir: str | Path, *, plots: bool = True) -> Study:
+    """Write the generic tables/plots and compute every section's fields (no README yet)."""
+    experiment_dir = Path(experiment_dir)
+    report = write_report([experiment_dir], experiment_dir, baseline=BASELINE, metric=METRIC, plots=plots)
+    runs = load_study_runs(experiment_dir)
+    study = Study(experiment_dir=experiment_dir, report=report, runs=runs,
+                  main=[resolve(runs, s) for s in MAIN_SETTINGS], sizes=[resolve(runs, s) for s in SIZE_SETTINGS])
+    study.files = list(report.files)
+    f = study.fields
+    f["overview"] = _overview(study)
+    f["timing"] = _timing(experiment_dir)
+    f["verdict_rule"] = VERDICT_RULE
+    f["alpha"] = f"{stats.ALPHA}"
+    _claim1(study)
+    _claim2(study)
+    _claim3(study)
+    _claim4(study)
+    _claim5(study)
+    _claim6(study)
+    _sanity(study)
+    _calibration(study)
+    f["summary"] = _summary(study)
+    if plots:
+        p = write_size_plot(study.size_series, experiment_dir / SIZE_PLOT)
+        if p is not None:
+            study.files.append(p)
+    return study
+
+
+def _summary(study: Study) -> str:
+    v = study.verdicts
+    rows = [
+        ["1. Dropout improves generalization (test accuracy)", v["claim1_accuracy"]],
+        ["1. Dropout reduces overfitting (train–test gap)", v["claim1_gap"]],
+        ["2. Dropout reduces co-adaptation (correlation)", v["claim2_mech_corr"]],
+        ["2. Dropout stops units being always active (sparsity)", v["claim2_mech_sparsity"]],
+        ["3. Early stopping halts training", v["claim3_halt"]],
+        ["3. Early stopping improves test accuracy", v["claim3_accuracy"]],
+        ["4. Dropout + early stopping beats each alone", v["claim4_combo"]],
+        ["5. Dropout helps more with less data", v["claim5"]],
+        ["6. The document's Dropout class does nothing", v["claim6"]],
+    ]
+    k, j, n = v["claim4_head_to_head"].split("/")
+    rows.insert(6, ["4. Head to head (dropout / early stopping / tested)", f"{k} / {j} / {n} settings"])
+    return md_table(["claim", "verdict"], rows, right=set())
+
+
+def write_study(experiment_dir: str | Path = DEFAULT_DIR, template: str | Path | None = None, *,
+                plots: bool = True) -> Study:
+    """Tables, plots and README.md of the study in `experiment_dir`; returns the Study."""
+    experiment_dir = Path(experiment_dir)
+    tpl = template_path(experiment_dir, template)
+    text = tpl.read_text(encoding="utf-8")
+    study = build_study(experiment_dir, plots=plots)
+    readme = string.Template(text).substitute(study.fields)
+    readme = "\n".join(line.rstrip() for line in readme.splitlines()) + "\n"
+    study.readme = experiment_dir / README_NAME
+    study.readme.write_text(readme, encoding="utf-8")
+    study.files.append(study.readme)
+    return study
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m regbench.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment_dir", nargs="?", default=str(DEFAULT_DIR),
+                   help=f"the study's sweep folder (default: {DEFAULT_DIR})")
+    p.add_argument("--template", help=f"README template (default: EXPERIMENT_DIR/{TEMPLATE_NAME}, else the "
+                                      f"repository's {DEFAULT_DIR / TEMPLATE_NAME})")
+    p.add_argument("--no-plots", action="store_true", help="tables and README only")
+    args = p.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s: %(message)s")
+    d = Path(args.experiment_dir)
+    if not d.is_dir():
+        print(f"error: {d} is not a folder", file=sys.stderr)
+        return 2
+    tpl = template_path(d, args.template)
+    if not tpl.is_file():
+        print(f"error: template {tpl} not found", file=sys.stderr)
+        return 2
+    try:
+        study = write_study(d, args.template, plots=not args.no_plots)
+    except NoRunsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{study.readme}: {len(study.runs)} runs; verdicts:")
+    for k, v in study.verdicts.items():
+        print(f"  {k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The study report generator (regbench.study) on synthetic experiment folders with known effects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from regbench import study as S
+from regbench.reporting.synthetic import make_record, write_runs
+
+CLAIM_HEADINGS = (
+    "## Claim 1: dropout prevents overfitting",
+    "## Claim 2: the mechanism",
+    "## Claim 3: early stopping halts training",
+    "## Claim 4: dropout and early stopping, head to head",
+    "## Claim 5: dropout's benefit depends on the training-set size",
+    "## Claim 6: the document's own Dropout class",
+    "## Sanity against published numbers",
+    "## Calibration",
+)
+
+# (data, model, train_size) of every setting the study sweeps; train_size None = the whole split
+FULL_SETTINGS = [(s.data, s.model, None) for s in S.MAIN_SETTINGS] + \
+    [(S.SIZE_DATA, S.SIZE_MODEL, n) for n in S.SIZES[:-1]] + [("mnist1d", "logreg", None)]
+BASE_ACC = {"mnist1d": 0.65, "mnist5k": 0.90, "digits": 0.95}
+
+
+def default_effects(data, model, size, arm):
+    """(accuracy shift, train-test gap, mean |corr|, sparsity) of an arm: dropout clearly helps."""
+    shift = {"none": 0.0, "dropout": 0.03, "gaussian_dropout": 0.02, "early_stop": 0.01,
+             "dropout_early_stop": 0.05, "maxnorm_dropout": 0.03, "weight_decay": 0.0}[arm]
+    if size is not None and arm in ("dropout", "dropout_early_stop", "gaussian_dropout", "maxnorm_dropout"):
+        shift += 0.04 * (3500 - size) / 3000  # more benefit with less data
+    dropped = "dropout" in arm
+    return shift, (0.05 if dropped else 0.20), (0.10 if dropped else 0.30), (0.70 if dropped else 0.50)
+
+
+def study_records(settings=FULL_SETTINGS, arms=S.ARMS, seeds=range(4), effects=default_effects,
+                  mechanism=True, epochs=4, noise=0.004):
+    """Records of a synthetic study: one config hash per (data, model, train_size)."""
+    rng = np.random.default_rng(0)
+    records = []
+    for data, model, size in settings:
+        gh = f"{data[:4]}{model[:3]}{size or 0}"
+        for arm in (["none"] if model == "logreg" else arms):
+            for seed in seeds:
+                shift, gap, corr, sparsity = effects(data, model, size, arm)
+                acc = BASE_ACC[data] - (0.3 if model == "logreg" else 0.0) + shift + noise * rng.standard_normal()
+                early = arm in ("early_stop", "dropout_early_stop")
+                config = {"seed": seed, "data": {"name": data, "train_size": size, "val_size": 500},
+                          "model": {"name": model}, "regularizer": {"name": arm},
+                          "optim": {"name": "adam", "lr": 0.01, "batch_size": 100},
+                          "trainer": {"max_epochs": epochs}}
+                r = make_record(seed=seed, acc=float(acc), regularizer=arm, data=data, model=model, group_hash=gh,
+                                epochs=epochs, train_acc=float(min(1.0, acc + gap)), config=config,
+                                stopped_epoch=1 if early else None, train_seconds=2.0 if early else 4.0)
+                r["steps"] = 35 * r["epochs_trained"]
+                if mechanism:
+                    r["extra"]["mechanism"] = {
+                        "ece": 0.05 - shift / 2, "entropy": 0.5,
+                        "summary": {"layers": 2, "mean_abs_corr": corr + 0.01 * rng.standard_normal(),
+                                    "sparsity": sparsity + 0.01 * rng.standard_normal(), "unit_norm_mean": 1.0,
+                                    "dead_units": 0}}
+                records.append(r)
+    return records
+
+
+def make_study(root: Path, **kw) -> Path:
+    d = root / "experiments" / "dropout_vs_early_stopping"
+    write_runs(d, study_records(**kw))
+    return d
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    d = make_study(tmp_path_factory.mktemp("study"))
+    (d / S.TIMING_FILE).write_text(json.dumps({"seconds": 5400.0, "command": "python run.py -m experiment=X",
+                                               "machine": "2-core test box"}))
+    study = S.write_study(d)
+    return d, study
+
+
+# --------------------------------------------------------------------------------------
+# the full synthetic study
+# --------------------------------------------------------------------------------------
+
+
+def test_readme_has_every_claim_and_files(full):
+    d, study = full
+    text = (d / "README.md").read_text(encoding="utf-8")
+    for heading in CLAIM_HEADINGS:
+        assert heading in text
+    assert "$" not in text.replace("$$", "")  # every placeholder filled
+    for name in ("per_arm.md", "pairwise.md", "size_effect.png", "curves.png"):
+        assert (d / name).is_file(), name
+    assert "通过随机失活神经元来防止过拟合" in text and "return self.module(x)" in text
+    assert "5400 s" in text and "2-core test box" in text and "python run.py -m experiment=X" in text
+    assert "not run" not in text.split("## Claim 1")[1].split("## Claim 2")[0]
+
+
+def test_numbers_shown_are_the_dataframe_values(full):
+    d, study = full
+    text = (d / "README.md").read_text(encoding="utf-8")
+    pa, pw = study.report.per_arm, study.report.pairwise
+    for data, model, _ in FULL_SETTINGS[:5]:
+        for arm in ("none", "dropout", "early_stop"):
+            r = pa[(pa["data"] == data) & (pa["model"] == model) & (pa["regularizer"] == arm)
+                   & (pa["config"] == f"{data[:4]}{model[:3]}0")].iloc[0]
+            assert S.fmt_acc(r["test_acc_mean"], r["test_acc_ci95_low"], r["test_acc_ci95_high"]) in text
+        r = pw[(pw["data"] == data) & (pw["model"] == model) & (pw["regularizer"] == "dropout")
+               & (pw["config"] == f"{data[:4]}{model[:3]}0")].iloc[0]
+        row = f"| {data}/{model} |"
+        line = next(ln for ln in text.splitlines() if ln.startswith(row) and
+                    S.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in ln)
+        assert f"| {S.fmt_p(r['p_holm'])} | {r['verdict']} |" in line
+    # the size axis shows the pairwise rows of each size's own config
+    for n in (500, 1000, 2000):
+        r = pw[(pw["config"] == f"mnismlp{n}") & (pw["regularizer"] == "dropout")].iloc[0]
+        assert S.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in text
+
+
+def test_verdicts_fire_on_clear_effects(full):
+    _, study = full
+    v = study.verdicts
+    assert v["claim1_accuracy"] == "supported"      # dropout +3 pp everywhere
+    assert v["claim1_gap"] == "supported"           # gap 0.05 vs 0.20
+    assert v["claim2_mech_corr"] == "supported"     # 0.10 vs 0.30
+    assert v["claim2_mech_sparsity"] == "supported"
+    assert v["claim3_halt"] == "supported"          # every early_stop run stopped early
+    assert v["claim3_accuracy"] == "supported"      # +1 pp with noise 0.4 pp: clear over 4 seeds
+    assert v["claim4_head_to_head"] == "5/0/5"      # dropout beats early stopping everywhere
+    assert v["claim4_combo"] == "supported"         # +5 pp vs +3 / +1
+    assert v["claim5"] == "supported"               # +7 pp at n=500 vs +3 pp at the full size
+    assert v["claim6"] == "confirmed"
+    text = study.readme.read_text(encoding="utf-8")
+    assert "**supported** (test accuracy vs none: better on 5 of 5 tested settings, worse on 0" in text
+    assert "| `logreg` (logistic regression) | ~32% | 35.0" in text  # 0.65 - 0.3, above the published range
+    assert "above" in next(ln for ln in text.splitlines() if ln.startswith("| `logreg`"))
+    assert "| `resmlp` (MLP with residual hidden layer (their MLPBase)) | 64–68% | not run |" in text
+
+
+def test_regeneration_is_byte_identical(full):
+    d, _ = full
+    before = {name: (d / name).read_bytes() for name in ("README.md", "size_effect.png", "per_arm.md")}
+    S.write_study(d)
+    for name, data in before.items():
+        assert (d / name).read_bytes() == data, name
+
+
+# --------------------------------------------------------------------------------------
+# verdict rules on constructed data, missing parts
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outcomes, category", [
+    (["better"] * 3, "supported"),
+    (["better", "no detectable difference", "not run"], "partly supported"),
+    (["better", "worse"], "mixed"),
+    (["no detectable difference"] * 2, "not supported"),
+    (["worse", "no detectable difference"], "contradicted"),
+    (["not run", "not testable"], "not run"),
+])
+def test_tally_rule(outcomes, category):
+    assert S.tally(outcomes)[0] == category
+
+
+def test_dropout_worse_everywhere_is_contradicted_and_mixed_is_mixed(tmp_path):
+    settings = [("mnist1d", "mlp", None), ("mnist5k", "mlp", None), ("digits", "mlp", None)]
+
+    def worse(data, model, size, arm):
+        s, g, c, sp = default_effects(data, model, None, arm)
+        return (-0.05 if arm == "dropout" else s), g, c, sp
+
+    def mixed(data, model, size, arm):
+        s, g, c, sp = default_effects(data, model, None, arm)
+        return ({"mnist1d": 0.05, "mnist5k": -0.05, "digits": 0.0}[data] if arm == "dropout" else s), g, c, sp
+
+    for effects, category in ((worse, "contradicted"), (mixed, "mixed")):
+        d = make_study(tmp_path / category, settings=settings, arms=("none", "dropout"), effects=effects)
+        study = S.write_study(d, plots=False)
+        assert study.verdicts["claim1_accuracy"] == category
+        assert f"**{category}** (test accuracy vs none" in study.readme.read_text(encoding="utf-8")
+
+
+def test_tiny_study_says_not_run(tmp_path):
+    d = make_study(tmp_path, settings=[("mnist1d", "mlp", None)], arms=("none", "dropout"), seeds=range(3),
+                   mechanism=False)
+    study = S.write_study(d, plots=False)
+    text = study.readme.read_text(encoding="utf-8")
+    for heading in CLAIM_HEADINGS:
+        assert heading in text
+    assert "| digits/mlp | 0 / 0 | not run | not run | not run | – | not run |" in text
+    assert "| mnist5k/seed_cnn | – | 3500 | not run |" in text
+    assert "Not measured: no record has `extra.mechanism`" in text
+    assert "Not recorded (no `timing.json`" in text
+    v = study.verdicts
+    assert v["claim3_accuracy"] == v["claim3_halt"] == v["claim5"] == v["claim4_combo"] == "not run"
+    assert v["claim2_mech_corr"] == "not run" and v["claim4_head_to_head"] == "0/0/0"
+    assert v["claim1_accuracy"] == "supported"
+    assert not (d / S.SIZE_PLOT).exists()
+
+
+def test_size_axis_uses_null_train_size_as_the_full_split(tmp_path):
+    d = make_study(tmp_path, settings=[("mnist1d", "mlp", None), ("mnist1d", "mlp", 500)], arms=("none", "dropout"))
+    study = S.build_study(d, plots=False)
+    assert [c.ran for c in study.sizes] == [True, False, False, True]
+    assert study.sizes[-1].group_hash == study.main[0].group_hash == "mnismlp0"
+    assert study.verdicts["claim5"] == "supported"
+
+
+def test_seed_document_dropout_does_nothing():
+    r = S.seed_doc_dropout_check()
+    assert r["doc_changed"] == 0 and r["outputs"] == 1024
+    assert 0.4 < r["ours_zeroed"] / r["outputs"] < 0.6
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    assert S.main([str(tmp_path / "missing")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert S.main([str(tmp_path / "empty")]) == 1
+    d = make_study(tmp_path, settings=[("digits", "mlp", None)], arms=("none", "early_stop"), seeds=range(2))
+    assert S.main([str(d), "--no-plots"]) == 0
+    assert (d / "README.md").is_file() and "claim3_halt: supported" in capsys.readouterr().out
