@@ -1,5 +1,6 @@
 """regbench's entry point: `python run.py [overrides]`, `python run.py -m ...` for sweeps."""
 
+import regbench  # noqa: F401  (first: start-up time is measured from its import)
 import hydra
 from omegaconf import DictConfig
 

@@ -28,6 +28,10 @@ FULL_SETTINGS = [(s.data, s.model, None) for s in S.MAIN_SETTINGS] + \
 BASE_ACC = {"mnist1d": 0.65, "mnist5k": 0.90, "digits": 0.95}
 
 
+def config_hash(data, model, size=None):
+    return f"{data}-{model}-{size or 'full'}"
+
+
 def default_effects(data, model, size, arm):
     """(accuracy shift, train-test gap, mean |corr|, sparsity) of an arm: dropout clearly helps."""
     shift = {"none": 0.0, "dropout": 0.03, "gaussian_dropout": 0.02, "early_stop": 0.01,
@@ -39,12 +43,12 @@ def default_effects(data, model, size, arm):
 
 
 def study_records(settings=FULL_SETTINGS, arms=S.ARMS, seeds=range(4), effects=default_effects,
-                  mechanism=True, epochs=4, noise=0.004):
+                  mechanism=True, epochs=4, noise=0.001):
     """Records of a synthetic study: one config hash per (data, model, train_size)."""
     rng = np.random.default_rng(0)
     records = []
     for data, model, size in settings:
-        gh = f"{data[:4]}{model[:3]}{size or 0}"
+        gh = config_hash(data, model, size)
         for arm in (["none"] if model == "logreg" else arms):
             for seed in seeds:
                 shift, gap, corr, sparsity = effects(data, model, size, arm)
@@ -79,7 +83,7 @@ def full(tmp_path_factory):
     d = make_study(tmp_path_factory.mktemp("study"))
     (d / S.TIMING_FILE).write_text(json.dumps({"seconds": 5400.0, "command": "python run.py -m experiment=X",
                                                "machine": "2-core test box"}))
-    study = S.write_study(d)
+    study = S.write_study(d, plots=False)  # the generic plots take seconds; size_effect.png is tested below
     return d, study
 
 
@@ -94,7 +98,7 @@ def test_readme_has_every_claim_and_files(full):
     for heading in CLAIM_HEADINGS:
         assert heading in text
     assert "$" not in text.replace("$$", "")  # every placeholder filled
-    for name in ("per_arm.md", "pairwise.md", "size_effect.png", "curves.png"):
+    for name in ("per_arm.md", "pairwise.md", "ranking.md"):
         assert (d / name).is_file(), name
     assert "通过随机失活神经元来防止过拟合" in text and "return self.module(x)" in text
     assert "5400 s" in text and "2-core test box" in text and "python run.py -m experiment=X" in text
@@ -108,17 +112,17 @@ def test_numbers_shown_are_the_dataframe_values(full):
     for data, model, _ in FULL_SETTINGS[:5]:
         for arm in ("none", "dropout", "early_stop"):
             r = pa[(pa["data"] == data) & (pa["model"] == model) & (pa["regularizer"] == arm)
-                   & (pa["config"] == f"{data[:4]}{model[:3]}0")].iloc[0]
+                   & (pa["config"] == config_hash(data, model))].iloc[0]
             assert S.fmt_acc(r["test_acc_mean"], r["test_acc_ci95_low"], r["test_acc_ci95_high"]) in text
         r = pw[(pw["data"] == data) & (pw["model"] == model) & (pw["regularizer"] == "dropout")
-               & (pw["config"] == f"{data[:4]}{model[:3]}0")].iloc[0]
+               & (pw["config"] == config_hash(data, model))].iloc[0]
         row = f"| {data}/{model} |"
         line = next(ln for ln in text.splitlines() if ln.startswith(row) and
                     S.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in ln)
         assert f"| {S.fmt_p(r['p_holm'])} | {r['verdict']} |" in line
     # the size axis shows the pairwise rows of each size's own config
     for n in (500, 1000, 2000):
-        r = pw[(pw["config"] == f"mnismlp{n}") & (pw["regularizer"] == "dropout")].iloc[0]
+        r = pw[(pw["config"] == config_hash("mnist1d", "mlp", n)) & (pw["regularizer"] == "dropout")].iloc[0]
         assert S.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in text
 
 
@@ -142,12 +146,15 @@ def test_verdicts_fire_on_clear_effects(full):
     assert "| `resmlp` (MLP with residual hidden layer (their MLPBase)) | 64–68% | not run |" in text
 
 
-def test_regeneration_is_byte_identical(full):
-    d, _ = full
-    before = {name: (d / name).read_bytes() for name in ("README.md", "size_effect.png", "per_arm.md")}
-    S.write_study(d)
+def test_regeneration_is_byte_identical(full, tmp_path):
+    d, study = full
+    before = {name: (d / name).read_bytes() for name in ("README.md", "per_arm.md", "pairwise.md")}
+    S.write_study(d, plots=False)
     for name, data in before.items():
         assert (d / name).read_bytes() == data, name
+    a, b = S.write_size_plot(study.size_series, tmp_path / "a.png"), S.write_size_plot(study.size_series, tmp_path / "b.png")
+    assert a.read_bytes() == b.read_bytes()
+    assert [n for n, *_ in study.size_series["dropout"]] == list(S.SIZES)
 
 
 # --------------------------------------------------------------------------------------
@@ -204,10 +211,14 @@ def test_tiny_study_says_not_run(tmp_path):
 
 
 def test_size_axis_uses_null_train_size_as_the_full_split(tmp_path):
-    d = make_study(tmp_path, settings=[("mnist1d", "mlp", None), ("mnist1d", "mlp", 500)], arms=("none", "dropout"))
-    study = S.build_study(d, plots=False)
+    d = make_study(tmp_path, settings=[("mnist1d", "mlp", None), ("mnist1d", "mlp", 500)], arms=("none", "dropout"),
+                   seeds=range(3), epochs=2)
+    study = S.write_study(d, plots=True)
+    for name in ("size_effect.png", "curves.png", "intervals.png", "README.md"):
+        assert (d / name).is_file(), name
+    assert "![dropout − none vs training-set size](size_effect.png)" in study.readme.read_text(encoding="utf-8")
     assert [c.ran for c in study.sizes] == [True, False, False, True]
-    assert study.sizes[-1].group_hash == study.main[0].group_hash == "mnismlp0"
+    assert study.sizes[-1].group_hash == study.main[0].group_hash == config_hash("mnist1d", "mlp")
     assert study.verdicts["claim5"] == "supported"
 
 

@@ -8,6 +8,7 @@ regularization, LightningModule, callbacks and Trainer, trains, tests, and write
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -160,6 +161,8 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     from regbench.training.module import Classifier
 
     t0 = time.perf_counter()
+    import regbench
+    import_seconds = t0 - regbench.STARTED  # interpreter past regbench's import: Hydra compose + torch/Lightning imports
     if rc.trainer.threads:
         torch.set_num_threads(rc.trainer.threads)
     device = pick_device(rc.trainer.accelerator)
@@ -193,6 +196,8 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     )
     epochs = EpochData(data.x_train, data.y_train, data.x_val, data.y_val)
     setup_seconds = time.perf_counter() - t0
+    log.info("%s: start-up %.2f s (imports and config %.2f s, data and model %.2f s)", run_dir.name,
+             import_seconds + setup_seconds, import_seconds, setup_seconds)
     t1 = time.perf_counter()
     if resume is not None:
         log.info("%s: resuming from %s", run_dir.name, resume)
@@ -214,7 +219,8 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     diverged = guard.diverged_epoch is not None or not all(map(_finite, metrics.values()))
     logger.log_hyperparams(_flat_hparams(rc), metrics={f"hp/{k}": v for k, v in metrics.items()})
     logger.finalize("success")
-    extra: dict[str, Any] = {"setup_seconds": setup_seconds, "device": device, "resumed": resume is not None,
+    extra: dict[str, Any] = {"import_seconds": import_seconds, "setup_seconds": setup_seconds, "device": device, "resumed": resume is not None,
+                             "pid": os.getpid(), "threads": torch.get_num_threads(),
                              "parameters": sum(p.numel() for p in net.parameters())}
     if reg.mc_samples:
         extra["mc_entropy_test"] = final["test"]["entropy"]

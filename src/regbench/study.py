@@ -227,6 +227,8 @@ class Context:
     group_hash: str | None          # None: no records for this setting
     runs: pd.DataFrame              # its runs, every status
     note: str = ""
+    _labels: dict = field(default_factory=dict, repr=False)
+    _values: dict = field(default_factory=dict, repr=False)
 
     @property
     def ran(self) -> bool:
@@ -236,20 +238,24 @@ class Context:
         """The arm label of regularizer `name` here (the name itself unless its settings varied)."""
         if not self.ran:
             return None
-        labels = sorted(self.runs.loc[self.runs["regularizer"] == name, "arm"].unique())
-        if name in labels:
-            return name
-        return labels[0] if labels else None
+        if name not in self._labels:
+            labels = sorted(self.runs.loc[self.runs["regularizer"] == name, "arm"].unique())
+            self._labels[name] = name if name in labels else (labels[0] if labels else None)
+        return self._labels[name]
 
     def values(self, name: str, column: str) -> dict:
         """{seed: value} of the ok runs of arm `name` with a finite `column` (duplicates averaged)."""
+        if (name, column) in self._values:
+            return dict(self._values[(name, column)])
         label = self.arm(name)
         if label is None:
             return {}
         g = self.runs[(self.runs["arm"] == label) & (self.runs["status"] == "ok")]
         g = g[g[column].notna()]
         keys = [s if not _nan(s) else p for s, p in zip(g["seed"], g["path"])]
-        return pd.Series(g[column].to_numpy(float), index=keys).groupby(level=0).mean().to_dict()
+        out = pd.Series(g[column].to_numpy(float), index=keys).groupby(level=0).mean().to_dict()
+        self._values[(name, column)] = out
+        return dict(out)
 
     def config_value(self, *keys: str) -> Any:
         if not self.ran or self.runs.empty:
@@ -445,6 +451,7 @@ def _overview(study: Study) -> str:
              f"{counts['failed']} failed); only ok runs enter the statistics."]
     rows = []
     seen: set[Setting] = set()
+    shown: dict[tuple, str] = {}
     for ctx in [*study.main, *study.sizes, *_sanity_contexts(study)]:
         if ctx.setting in seen:
             continue
@@ -452,6 +459,12 @@ def _overview(study: Study) -> str:
         if not ctx.ran:
             rows.append([ctx.setting.label, "–", str(ctx.setting.wanted_size or "–"), NOT_RUN, "0", "–", ""])
             continue
+        key = (ctx.setting.data, ctx.setting.model, ctx.group_hash)
+        if key in shown:
+            rows.append([ctx.setting.label, ctx.group_hash, str(ctx.setting.wanted_size or "–"),
+                         f"the runs of {shown[key]}", "–", "–", ""])
+            continue
+        shown[key] = ctx.setting.label
         ok = ctx.runs[ctx.runs["status"] == "ok"]
         arms = [a for a in ARMS if ctx.arm(a) is not None]
         extra = sorted(set(ctx.runs["regularizer"]) - set(ARMS))

@@ -392,11 +392,16 @@ def _make_optimizer(name: str, lr: float, momentum: float, weight_decay: float, 
     """``app.make_optimizer`` for the stacked tensors: weight decay on weight matrices, not biases
     (grouped by role: a stacked bias has 3 dims, so ``p.dim() > 1`` would not tell them apart)."""
     groups = [{"params": stack.weights, "weight_decay": weight_decay}, {"params": stack.biases, "weight_decay": 0.0}]
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    raise NotVectorizable(f"optimizer {name!r} is not stacked (adam, sgd)")
+    if name not in ("adam", "sgd"):
+        raise NotVectorizable(f"optimizer {name!r} is not stacked (adam, sgd)")
+    make = (lambda **kw: torch.optim.Adam(groups, lr=lr, **kw)) if name == "adam" else (
+        lambda **kw: torch.optim.SGD(groups, lr=lr, momentum=momentum, **kw))
+    try:
+        # the fused kernel: one pass per tensor instead of ~10 (about 15% of a stacked step on CPU);
+        # the same update formula, equal to the for-loop implementation up to rounding
+        return make(fused=True)
+    except (RuntimeError, ValueError, TypeError):  # a device or torch without fused kernels
+        return make()
 
 
 def _compact_optimizer(old, old_stack: StackedNet, new_stack: StackedNet, keep: torch.Tensor, make):

@@ -1,0 +1,50 @@
+"""Parallel and cluster launchers: joblib on this machine's cores, submitit locally, SLURM configured."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import CONF, cli, tiny
+
+
+def run_records(root):
+    return [json.loads(p.read_text()) for p in root.rglob("results.json")]
+
+
+def test_joblib_launcher_runs_the_sweep_in_parallel_worker_processes(tmp_path):
+    r = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", *tiny(),
+            f"runs_root={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = run_records(tmp_path)
+    assert sorted(x["seed"] for x in recs) == [0, 1, 2, 3] and all(x["status"] == "ok" for x in recs)
+    assert len({x["extra"]["pid"] for x in recs}) == 2  # two worker processes shared the four runs
+    assert all(x["extra"]["threads"] == 1 for x in recs)  # jobs x threads never exceeds the 2 cores
+    assert "sweep finished: 4 runs: 4 ok" in r.stderr
+    assert (tmp_path / "default" / "per_arm.md").exists()
+
+
+def test_submitit_local_runs_each_job_as_its_own_process(tmp_path):
+    r = cli("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "seed=0,1", *tiny(),
+            f"runs_root={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = run_records(tmp_path)
+    assert sorted(x["seed"] for x in recs) == [0, 1] and all(x["status"] == "ok" for x in recs)
+    assert len({x["extra"]["pid"] for x in recs}) == 2
+    assert list((tmp_path / "default" / ".submitit").iterdir())
+
+
+def test_slurm_launcher_is_configured_with_defaults_and_partition_from_the_environment(monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from regbench.naming import register_resolvers
+
+    register_resolvers()
+    monkeypatch.setenv("SLURM_PARTITION", "cpu-short")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "cpu-short"
+    assert launcher.timeout_min == 60 and launcher.cpus_per_task == 1
+    assert OmegaConf.select(cfg, "trainer.threads") == launcher.cpus_per_task
