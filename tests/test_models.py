@@ -49,7 +49,7 @@ def build(name: str, shape, slots: Slots | None = None, data: str = "?", **kw):
 
 
 def test_registry():
-    assert set(MODELS) == {"mlp", "logreg", "cnn1d", "seed_cnn"}
+    assert set(MODELS) == {"mlp", "resmlp", "logreg", "cnn1d", "seed_cnn"}
     with pytest.raises(KeyError, match="unknown model='resnet'"):
         build("resnet", (40,))
 
@@ -115,7 +115,7 @@ class MarkLinear(nn.Linear):
 
 
 def filled_slots(used: set[str]) -> Slots:
-    return Slots(input=lambda: nn.Dropout(0.1), hidden=lambda: nn.Dropout(0.2),
+    return Slots(input=lambda: nn.Dropout(0.1), hidden=lambda where="fc": nn.Dropout(0.2 if where == "fc" else 0.25),
                  conv=lambda c, d: nn.Dropout1d(0.3) if d == 1 else nn.Dropout2d(0.3),
                  linear=MarkLinear, activation=nn.SELU, used=used)
 
@@ -127,6 +127,7 @@ def count(m: nn.Module, cls) -> int:
 def test_slots_land_where_documented():
     s = build("seed_cnn", (1, 14, 14), filled_slots({"input", "hidden", "conv", "linear", "activation"}))
     assert count(s, nn.Dropout) == 1 + 3 + 1  # input, after each conv block, after fc1
+    assert [m.p for m in s.modules() if type(m) is nn.Dropout] == [0.1, 0.25, 0.25, 0.25, 0.2]  # conv maps: own rate
     assert count(s, nn.Dropout2d) == 3 and count(s, nn.SELU) == 4 and count(s, MarkLinear) == 1
     assert isinstance(s.fc1, MarkLinear) and type(s.fc2) is nn.Linear  # the head is never swapped
     assert s(torch.randn(2, 1, 14, 14)).shape == (2, 10)
@@ -156,7 +157,8 @@ def test_declared_slots():
     assert MODELS["mlp"].SLOTS == {"input", "hidden", "linear", "activation"}
     assert MODELS["cnn1d"].SLOTS == {"input", "hidden", "conv", "activation"}
     assert MODELS["seed_cnn"].SLOTS == {"input", "hidden", "conv", "linear", "activation"}
-    assert not any("residual" in cls.SLOTS for cls in MODELS.values())
+    assert MODELS["resmlp"].SLOTS == {"input", "hidden", "linear", "activation", "residual"}
+    assert [name for name, cls in MODELS.items() if "residual" in cls.SLOTS] == ["resmlp"]
 
 
 def test_mlp_validation():

@@ -222,6 +222,26 @@ def test_size_axis_uses_null_train_size_as_the_full_split(tmp_path):
     assert study.verdicts["claim5"] == "supported"
 
 
+def test_two_settings_of_one_arm_are_named_and_the_larger_is_used(tmp_path):
+    records = study_records(settings=[("mnist1d", "mlp", None)], arms=("none", "dropout"), seeds=range(3),
+                            mechanism=False)
+    for r in records:
+        if r["regularizer"] == "dropout":
+            r["config"]["regularizer"]["dropout"] = {"p": 0.5}
+    extra = study_records(settings=[("mnist1d", "mlp", None)], arms=("dropout",), seeds=range(2), mechanism=False)
+    for r in extra:
+        r["config"]["regularizer"]["dropout"] = {"p": 0.1}
+        r["run_id"] += "-p0.1"
+    d = tmp_path / "exp"
+    write_runs(d, records + extra)
+    study = S.write_study(d, plots=False)
+    assert study.main[0].arm("dropout") == "dropout (dropout.p=0.5)"
+    text = study.readme.read_text(encoding="utf-8")
+    assert ("dropout ran with several settings (dropout (dropout.p=0.1); dropout (dropout.p=0.5)): the study uses "
+            "dropout (dropout.p=0.5)") in text
+    assert "| mnist1d/mlp | 3 / 3 |" in text
+
+
 def test_seed_document_dropout_does_nothing():
     r = S.seed_doc_dropout_check()
     assert r["doc_changed"] == 0 and r["outputs"] == 1024

@@ -94,6 +94,7 @@ class DropoutConfig:
     kind: str = one_of(*DROPOUT_KINDS)
     p: float = rng(PROB)                      # hidden-unit drop probability
     input_p: float = rng(PROB, 0.0)           # input drop probability (0 = none)
+    conv_p: Optional[float] = rng(PROB, None)  # element-wise rate on conv feature maps (None = p)
     block_size: Optional[int] = rng(POS_INT, None)       # dropblock
     schedule: str = one_of(*SCHEDULES, default="constant")
     schedule_gamma: Optional[float] = rng(POS, None)      # curriculum: p(t) = p (1 - exp(-gamma t))

@@ -227,6 +227,7 @@ class Context:
     group_hash: str | None          # None: no records for this setting
     runs: pd.DataFrame              # its runs, every status
     note: str = ""
+    ambiguous: dict = field(default_factory=dict)   # regularizer -> its several arm labels here
     _labels: dict = field(default_factory=dict, repr=False)
     _values: dict = field(default_factory=dict, repr=False)
 
@@ -239,8 +240,13 @@ class Context:
         if not self.ran:
             return None
         if name not in self._labels:
-            labels = sorted(self.runs.loc[self.runs["regularizer"] == name, "arm"].unique())
-            self._labels[name] = name if name in labels else (labels[0] if labels else None)
+            mine = self.runs[self.runs["regularizer"] == name]
+            ok = mine[mine["status"] == "ok"].groupby("arm").size()
+            # several settings of one regularizer (e.g. two dropout rates): the one with the most ok runs
+            labels = sorted(mine["arm"].unique(), key=lambda a: (a != name, -int(ok.get(a, 0)), a))
+            self._labels[name] = labels[0] if labels else None
+            if len(labels) > 1:
+                self.ambiguous[name] = sorted(labels)
         return self._labels[name]
 
     def values(self, name: str, column: str) -> dict:
@@ -470,8 +476,11 @@ def _overview(study: Study) -> str:
         extra = sorted(set(ctx.runs["regularizer"]) - set(ARMS))
         per_arm = ok.groupby("arm").size()
         seeds = f"{int(per_arm.min())}–{int(per_arm.max())}" if len(per_arm) else "0"
+        notes = [ctx.note] if ctx.note else []
+        notes += [f"{name} ran with several settings ({'; '.join(labels)}): the study uses {ctx.arm(name)}"
+                  for name, labels in sorted(ctx.ambiguous.items())]
         rows.append([ctx.setting.label, ctx.group_hash, str(ctx.setting.wanted_size or "–"),
-                     ", ".join(arms + extra) or "–", str(len(ok)), seeds, ctx.note])
+                     ", ".join(arms + extra) or "–", str(len(ok)), seeds, "; ".join(notes)])
     table = md_table(["setting", "config", "train size", "arms with records", "ok runs", "ok seeds per arm",
                       "note"], rows, right={2, 4, 5})
     total = float(np.nansum(runs["train_seconds"].to_numpy(float)))
@@ -521,8 +530,9 @@ def _claim1(study: Study) -> None:
         c = fam[(ctx.setting,)]
         gap_outcomes.append(c.outcome)
         r = c.result
-        rows.append([ctx.setting.label,
-                     fmt_acc(_mean_of(ctx, BASELINE, "gap")), fmt_acc(_mean_of(ctx, DROPOUT, "gap")),
+        gaps = [_per_arm_row(study.report, ctx, arm) for arm in (BASELINE, DROPOUT)]
+        rows.append([ctx.setting.label, *(NOT_RUN if g is None else fmt_acc(g["train_minus_test_acc_mean"])
+                                          for g in gaps),
                      fmt_pp(r.get("diff_mean"), r.get("ci_low"), r.get("ci_high")) if r else NOT_RUN,
                      fmt_p(c.p_holm), _rename(c.outcome, "smaller gap", "larger gap")])
     f["claim1_gap_table"] = md_table(["setting", "none: train − test acc, pp", "dropout: train − test acc, pp",
@@ -944,7 +954,9 @@ def _summary(study: Study) -> str:
         ["6. The document's Dropout class does nothing", v["claim6"]],
     ]
     k, j, n = v["claim4_head_to_head"].split("/")
-    rows.insert(6, ["4. Head to head (dropout / early stopping / tested)", f"{k} / {j} / {n} settings"])
+    rows.insert(6, ["4. Dropout vs early stopping, head to head",
+                    f"dropout better on {k}, early stopping better on {j}, of {n} tested settings"
+                    if int(n) else NOT_RUN])
     return md_table(["claim", "verdict"], rows, right=set())
 
 

@@ -53,7 +53,7 @@ class CNN1D(nn.Module):
         c_in = 1
         for k, s, p in LAYERS:
             blocks += [nn.Conv1d(c_in, channels, k, stride=s, padding=p), slots.activation(),
-                       slots.conv(channels, 1), slots.hidden()]
+                       slots.conv(channels, 1), slots.hidden("conv")]
             c_in = channels
         self.features = nn.Sequential(*blocks)
         self.head = nn.Linear(channels * conv_out_length(input_shape[-1]), num_classes)

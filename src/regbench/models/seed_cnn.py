@@ -44,7 +44,7 @@ class SeedCNN(nn.Module):
         blocks: list[nn.Module] = []
         c_in = INPUT_SHAPE[0]
         for c_out in CHANNELS:
-            blocks += [nn.Conv2d(c_in, c_out, kernel_size=3), slots.activation(), slots.conv(c_out, 2), slots.hidden()]
+            blocks += [nn.Conv2d(c_in, c_out, kernel_size=3), slots.activation(), slots.conv(c_out, 2), slots.hidden("conv")]
             c_in = c_out
         self.features = nn.Sequential(*blocks)
         side = INPUT_SHAPE[1] - 2 * len(CHANNELS)  # 8

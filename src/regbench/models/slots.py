@@ -6,7 +6,9 @@ the slots it has in `SLOTS`; a regularizer that needs a slot the model lacks (sp
 dropout on an MLP, say) is refused at start-up by `check_slots`, never silently ignored.
 
     input       module applied to the raw input                  (e.g. input dropout)
-    hidden      module after each hidden fully-connected unit's activation (dropout)
+    hidden      module after each hidden activation (dropout); called as hidden() after a
+                fully-connected layer and hidden("conv") after a conv block, so that conv
+                feature maps can get their own (smaller) rate
     conv        module after each conv block's activation, given the channel count
                 and the number of spatial dims (spatial dropout, DropBlock)
     linear      the class used for hidden fully-connected layers (DropConnect swaps it)
@@ -29,7 +31,7 @@ def _identity(*_args, **_kwargs) -> nn.Module:
 @dataclass
 class Slots:
     input: Callable[[], nn.Module] = _identity
-    hidden: Callable[[], nn.Module] = _identity
+    hidden: Callable[..., nn.Module] = _identity
     conv: Callable[[int, int], nn.Module] = _identity
     linear: Callable[[int, int], nn.Module] = nn.Linear
     activation: Callable[[], nn.Module] = nn.ReLU

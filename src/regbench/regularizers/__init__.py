@@ -45,7 +45,8 @@ def _dropout_slots(d: "DropoutConfig") -> Slots:
     }
     if d.kind in hidden:
         make = hidden[d.kind]
-        slots.hidden, slots.used = (lambda: make(d.p)), {"hidden"}
+        conv_p = d.p if d.conv_p is None else d.conv_p
+        slots.hidden, slots.used = (lambda where="fc": make(conv_p if where == "conv" else d.p)), {"hidden"}
         if d.kind == "alpha":  # alpha dropout keeps SELU's fixed point: the network must use SELU
             slots.activation = nn.SELU
             slots.used.add("activation")

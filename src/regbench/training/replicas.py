@@ -475,7 +475,10 @@ def train_replicas(*, seeds: Sequence[int], data: DataSplits, model_name: str, m
     from regbench.regularizers.constraints import MaxNorm
     from regbench.regularizers.early_stopping import CriterionStopping
 
+    import regbench
+
     t0 = time.perf_counter()
+    import_seconds = t0 - regbench.STARTED  # as app.train: interpreter start-up up to here
     seeds = [int(s) for s in seeds]
     S = len(seeds)
     if S < 1:
@@ -625,7 +628,8 @@ def train_replicas(*, seeds: Sequence[int], data: DataSplits, model_name: str, m
             "history": h,
             "diverged_epoch": diverged_epoch[i],
             "error": f"loss became non-finite at epoch {diverged_epoch[i]}" if diverged else None,
-            "extra": {"setup_seconds": setup_seconds / S, "device": device.type, "resumed": False,
+            "extra": {"import_seconds": import_seconds, "setup_seconds": setup_seconds / S, "device": device.type,
+                      "resumed": False, "pid": os.getpid(), "threads": torch.get_num_threads(),
                       "parameters": param_count, "engine": "stacked", "replicas": S, "replica_index": i,
                       "group_seeds": list(seeds), "stacked_train_seconds": train_seconds,
                       "stacked_setup_seconds": setup_seconds},
