@@ -29,6 +29,19 @@ test-slow: $(STAMP)
 
 tables: $(STAMP)  ## regenerate every report from the records on disk (no training)
 	$(PY) -m regbench.tables --each runs experiments
+	$(PY) -m regbench.study $(STUDY)
+
+bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> benchmarks/results.md
+	$(PY) benchmarks/bench.py
+
+STUDY := experiments/dropout_vs_early_stopping
+study: $(STAMP)   ## the dropout-vs-early-stopping study from scratch (runs already on disk are skipped)
+	@start=$$(date +%s); \
+	$(PY) run.py -m experiment=dropout_vs_early_stopping && \
+	$(PY) run.py -m experiment=dropout_vs_early_stopping_sanity; status=$$?; \
+	printf '{"seconds": %d, "command": "make study", "machine": "%s, %s cores"}\n' \
+	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" > $(STUDY)/timing.json; \
+	$(PY) -m regbench.study $(STUDY) && exit $$status
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
