@@ -102,3 +102,19 @@ def test_two_concurrent_sweeps_into_one_root_give_all_their_runs(tmp_path):
     seeds = sorted(x["seed"] for x in recs.values())
     assert seeds == [0, 1, 2, 3, 4]  # each run exactly once, seed 2 by whichever sweep claimed it first
     assert all(x["status"] == "ok" for x in recs.values())
+
+
+def test_bad_values_for_ten_keys_through_the_command_line(tmp_path):
+    """Each bad value: exit 2, a message naming key, value and allowed range, nothing written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_config import BAD
+
+    cases = [c for c in BAD if "weight_decay" not in c[0]][:12]
+    assert len({c[0].split()[-1].split("=")[0] for c in cases}) >= 10  # ten distinct keys
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda c: cli(*c[0].split(), f"runs_root={tmp_path}"), cases))
+    for (overrides, message), r in zip(cases, results):
+        assert r.returncode == 2, (overrides, r.stderr[-2000:])
+        assert message in r.stderr, (overrides, r.stderr[-2000:])
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
