@@ -224,6 +224,10 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
                              "parameters": sum(p.numel() for p in net.parameters())}
     if reg.mc_samples:
         extra["mc_entropy_test"] = final["test"]["entropy"]
+    from regbench.analysis.mechanism import measure, predict_probs
+
+    mc_probs = predict_probs(net, data.x_test, chunk, mc_samples=reg.mc_samples) if reg.mc_samples else None
+    extra["mechanism"] = measure(net, data.x_test, data.y_test, chunk=chunk, probs=mc_probs)
     return {
         "status": "diverged" if diverged else "ok",
         "metrics": metrics,

@@ -161,6 +161,7 @@ class RunConfig:
     name: str = MISSING                 # runs go to <runs_root>/<name>/<run id>
     runs_root: str = MISSING
     force: bool = False                 # rerun a run whose results.json already says ok
+    replicas: int = rng(POS_INT)        # >1: train seeds seed..seed+replicas-1 stacked in one model
 
 
 def _check_ranges(obj: Any, path: str) -> None:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any
@@ -25,7 +26,7 @@ def _plain(cfg: DictConfig | dict) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
         return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
                 for k in cfg if k != "hydra"}
-    return {k: v for k, v in cfg.items() if k != "hydra"}
+    return copy.deepcopy({k: v for k, v in cfg.items() if k != "hydra"})  # callers pop nested keys
 
 
 def result_config(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -38,6 +39,8 @@ def result_config(cfg: DictConfig | dict) -> dict[str, Any]:
         trainer.pop(k, None)
     d["trainer"] = trainer
     d.get("data", {}).pop("root", None)   # where the cache lives is not what it holds
+    if d.get("replicas", 1) == 1:
+        d.pop("replicas", None)  # the separate-run engine: its ids stay those of runs made before the key existed
     return d
 
 
@@ -49,6 +52,7 @@ def group_hash(cfg: DictConfig | dict) -> str:
     d = result_config(cfg)
     d.pop("seed", None)
     d.pop("regularizer", None)
+    d.pop("replicas", None)  # stacked and separate runs of a seed are the same population: they pool
     return short_hash(d)
 
 

@@ -424,8 +424,9 @@ def _vals_or_none(ctx: Context, name: str, column: str) -> dict | None:
     return ctx.values(name, column)
 
 
-def _mean_ci_cell(vals: dict, digits: int = 3, scale: float = 1.0) -> str:
-    x = np.array([vals[k] for k in sorted(vals, key=str)], float) * scale
+def _mean_ci_cell(vals: dict, digits: int = 3) -> str:
+    """Mean over seeds with its 95% bootstrap CI."""
+    x = np.array([vals[k] for k in sorted(vals, key=str)], float)
     if x.size == 0:
         return "–"
     lo, hi = stats.bootstrap_mean_ci(x)
@@ -693,7 +694,8 @@ def _claim4(study: Study) -> None:
         rows.append([ctx.setting.label, _acc_cell(rep, ctx, COMBO), a, pa, b, pb,
                      _rename(both, "beats both", "worse than one")])
     f["claim4_combo_table"] = md_table(["setting", "dropout_early_stop: test acc % [95% CI]",
-                                        "combined − dropout, pp [95% CI]", "p_holm", "combined − early_stop, pp [95% CI]",
+                                        "combined − dropout, pp [95% CI]", "p_holm",
+                                        "combined − early_stop, pp [95% CI]",
                                         "p_holm", "outcome"], rows)
     f["claim4_combo_verdict"] = verdict_line(combo, "beats both", "worse than at least one",
                                              "dropout + early stopping vs each alone")
@@ -749,8 +751,9 @@ def _claim5(study: Study) -> None:
         f["claim5_verdict"] = (f"**{cat}** (dropout's benefit at the smallest size minus that at the largest: "
                                f"{fmt_pp(gap)} pp, p = {fmt_p(p)})")
         study.verdicts["claim5"] = cat
-    study.fields["claim5_plot"] = (f"![dropout − none vs training-set size]({SIZE_PLOT})" if series[DROPOUT]
-                                   else f"No plot: no training-set size with both a `{DROPOUT}` and a `{BASELINE}` arm.")
+    study.fields["claim5_plot"] = (
+        f"![dropout − none vs training-set size]({SIZE_PLOT})" if series[DROPOUT]
+        else f"No plot: no training-set size with both a `{DROPOUT}` and a `{BASELINE}` arm.")
     study.size_series = series
 
 
@@ -847,14 +850,19 @@ def _sanity(study: Study) -> None:
     for (model, what, published, lo, hi), ctx in zip(PUBLISHED, _sanity_contexts(study)):
         r = _per_arm_row(rep, ctx, BASELINE)
         if r is None:
-            rows.append([f"`{model}` ({what})", published, NOT_RUN, "0", NOT_RUN])
+            rows.append([f"`{model}` ({what})", published, NOT_RUN, "0", "–", "–", NOT_RUN])
             continue
         m, cl, ch = r[f"{T}_mean"], r[f"{T}_ci95_low"], r[f"{T}_ci95_high"]
         a, b = (m, m) if _nan(cl) else (cl, ch)
         where = "–" if _nan(m) else ("below" if b < lo else "above" if a > hi else "consistent")
-        rows.append([f"`{model}` ({what})", published, fmt_acc(m, cl, ch), str(int(r["seeds_ok"])), where])
+        steps = ctx.values(BASELINE, "steps")
+        max_epochs = ctx.config_value("trainer", "max_epochs")
+        rows.append([f"`{model}` ({what})", published, fmt_acc(m, cl, ch), str(int(r["seeds_ok"])),
+                     "–" if max_epochs is None else str(max_epochs),
+                     f"{np.mean(list(steps.values())):.0f}" if steps else "–", where])
     f["sanity_table"] = md_table(["regbench model", "published test acc", "regbench `none`: test acc % [95% CI]",
-                                  "ok runs", "vs published"], rows, right={2, 3})
+                                  "ok runs", "max epochs", "mean steps", "vs published"], rows,
+                                 right={2, 3, 4, 5})
     ctx = resolve(study.runs, Setting("mnist1d", "mlp"))
     if ctx.ran:
         steps = ctx.values(BASELINE, "steps")
@@ -865,7 +873,8 @@ def _sanity(study: Study) -> None:
             f"up to {ctx.config_value('trainer', 'max_epochs')} epochs of shuffled batches on "
             f"{ctx.setting.wanted_size} training examples after carving a "
             f"{ctx.config_value('data', 'val_size')}-example validation split; the `none` runs took "
-            f"{steps_txt} optimizer steps on average.")
+            f"{steps_txt} optimizer steps on average. The other models' epoch limits and steps are in the "
+            f"table above.")
     else:
         f["sanity_protocol"] = f"regbench protocol: {NOT_RUN} (no mnist1d/mlp records)."
 
@@ -884,10 +893,12 @@ def _calibration(study: Study) -> None:
                     continue
                 ece = ctx.values(arm, "ece")
                 rows.append([ctx.setting.label, arm, _mean_ci_cell(ece, 4), fmt_num(_mean_of(ctx, arm, "entropy"), 3),
-                             fmt_num(_mean_of(ctx, arm, "mech_corr"), 3), fmt_num(_mean_of(ctx, arm, "mech_sparsity"), 3),
+                             fmt_num(_mean_of(ctx, arm, "mech_corr"), 3),
+                             fmt_num(_mean_of(ctx, arm, "mech_sparsity"), 3),
                              fmt_num(_mean_of(ctx, arm, "mech_unit_norm"), 3)])
         f["calibration_table"] = md_table(["setting", "arm", "ECE (15 bins) [95% CI]", "mean entropy (nats)",
-                                           "mean abs corr", "sparsity", "mean unit weight norm"], rows, right={2, 3, 4, 5, 6})
+                                           "mean abs corr", "sparsity", "mean unit weight norm"], rows,
+                                          right={2, 3, 4, 5, 6})
     mc = study.runs[study.runs["mc_entropy"].notna() & (study.runs["status"] == "ok")]
     if mc.empty:
         f["mc_table"] = "No MC-dropout runs in these records (no `extra.mc_entropy_test`)."
