@@ -274,7 +274,9 @@ def test_a_diverging_replica_does_not_affect_the_others(small, monkeypatch):
     assert bad["epochs_trained"] == 1 and not math.isfinite(bad["history"]["train/loss"][0])
     for good, ref in zip([recs[0], recs[2]], clean):
         assert good["status"] == "ok" and good["diverged_epoch"] is None
-        assert good["history"] == pytest.approx(ref["history"], abs=1e-6)
+        assert good["history"]["epoch"] == ref["history"]["epoch"]
+        for k in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            assert good["history"][k] == pytest.approx(ref["history"][k], abs=1e-6)
         assert good["metrics"] == pytest.approx(ref["metrics"], abs=1e-6)
 
 
@@ -284,7 +286,7 @@ def test_a_group_too_big_for_memory_is_refused_early_with_the_estimate(small, mo
                            eval_chunk=1000, widest=100)
     assert R.estimate_bytes(1000, param_count=15_210, activation_width=210, batch_size=100, n_train=3500,
                             eval_chunk=1000, widest=100) == 1000 * one
-    with pytest.raises(R.ReplicaMemoryError, match=r"replicas=1000 need about .* GiB .* estimate"):
+    with pytest.raises(R.ReplicaMemoryError, match=r"replicas=1000 need about [0-9.]+ GiB on cpu \(estimate: [0-9.]+ MiB per replica"):
         R.check_memory(1000, 1000 * one, "cpu", available=10 * one)
     R.check_memory(5, 5 * one, "cpu", available=10 * one)  # fits: no error
 

@@ -143,7 +143,9 @@ def test_verdicts_fire_on_clear_effects(full):
     assert "**supported** (test accuracy vs none: better on 5 of 5 tested settings, worse on 0" in text
     assert "| `logreg` (logistic regression) | ~32% | 35.0" in text  # 0.65 - 0.3, above the published range
     assert "above" in next(ln for ln in text.splitlines() if ln.startswith("| `logreg`"))
-    assert "| `resmlp` (MLP with residual hidden layer (their MLPBase)) | 64–68% | not run |" in text
+    assert "| `resmlp` (MLP with residual hidden layer (their MLPBase)) | 64–68% | not run | 0 | – | – | not run |" \
+        in text
+    assert "| `mlp` (MLP) | 64–68% | " in text and "| 4 | 4 | 140 | consistent |" in text  # 4 epochs x 35 steps
 
 
 def test_regeneration_is_byte_identical(full, tmp_path):
@@ -152,7 +154,8 @@ def test_regeneration_is_byte_identical(full, tmp_path):
     S.write_study(d, plots=False)
     for name, data in before.items():
         assert (d / name).read_bytes() == data, name
-    a, b = S.write_size_plot(study.size_series, tmp_path / "a.png"), S.write_size_plot(study.size_series, tmp_path / "b.png")
+    a = S.write_size_plot(study.size_series, tmp_path / "a.png")
+    b = S.write_size_plot(study.size_series, tmp_path / "b.png")
     assert a.read_bytes() == b.read_bytes()
     assert [n for n, *_ in study.size_series["dropout"]] == list(S.SIZES)
 
