@@ -29,7 +29,7 @@ test-slow: $(STAMP)
 
 tables: $(STAMP)  ## regenerate every report from the records on disk (no training)
 	$(PY) -m regbench.tables --each runs experiments
-	$(PY) -m regbench.study $(STUDY)
+	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) -m regbench.study $(STUDY); fi
 
 bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> benchmarks/results.md
 	$(PY) benchmarks/bench.py

@@ -40,6 +40,14 @@ def test_sweep_writes_one_record_per_run_a_report_and_reruns_nothing(tmp_path):
     assert "sweep finished: 4 runs: 4 skipped (already ok)" in again.stderr
     assert records(tmp_path) == recs  # nothing rewritten
 
+    # the sweep left the whole report; `make tables` (--each) regenerates it byte for byte
+    report = {name: (sweep / name).read_bytes() for name in
+              [f"{t}.{ext}" for t in ("per_arm", "pairwise") for ext in ("md", "csv", "tex")]
+              + ["curves.png", "intervals.png", "gap.png"]}
+    regen = python("-m", "regbench.tables", "--each", str(tmp_path))
+    assert regen.returncode == 0, regen.stderr
+    assert {name: (sweep / name).read_bytes() for name in report} == report
+
     out = tmp_path / "tables"
     t = python("-m", "regbench.tables", str(sweep), "--out", str(out))
     assert t.returncode == 0, t.stderr
