@@ -126,3 +126,28 @@ def test_bad_values_for_ten_keys_through_the_command_line(tmp_path):
         assert r.returncode == 2, (overrides, r.stderr[-2000:])
         assert message in r.stderr, (overrides, r.stderr[-2000:])
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(tmp_path):
+    args = ["seed=3", "regularizer=dropout", "trainer.max_epochs=40", "trainer.checkpoint_every=5",
+            "trainer.progress_every=0"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"runs_root={killed}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(killed.rglob("last.ckpt")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(killed.rglob("last.ckpt")) and not list(killed.rglob("results.json"))
+
+    r = cli(*args, f"runs_root={killed}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stderr
+    whole = cli(*args, f"runs_root={tmp_path / 'whole'}")
+    assert whole.returncode == 0
+    (resumed,), (uninterrupted,) = records(killed).values(), records(tmp_path / "whole").values()
+    assert resumed["extra"]["resumed"] and not uninterrupted["extra"]["resumed"]
+    assert resumed["history"] == uninterrupted["history"]
+    assert resumed["metrics"] == uninterrupted["metrics"]
+    assert not list(killed.rglob("last.ckpt"))  # removed once the record is written

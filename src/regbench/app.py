@@ -73,7 +73,7 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     resume = last_checkpoint(run_dir) if rc.trainer.checkpoint_every else None
     if resume is None:
         clean_partial(run_dir)
-        handler = logging.FileHandler(run_dir / "run.log")
+    handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(handler)
     REJECTED = _rejected()
