@@ -151,3 +151,24 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     assert resumed["history"] == uninterrupted["history"]
     assert resumed["metrics"] == uninterrupted["metrics"]
     assert not list(killed.rglob("last.ckpt"))  # removed once the record is written
+
+
+def test_replicas_write_one_ordinary_record_per_seed_and_pool_with_separate_runs(tmp_path):
+    r = cli("replicas=3", "regularizer=dropout", *tiny(), f"runs_root={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = records(tmp_path)
+    assert sorted(x["seed"] for x in recs.values()) == [0, 1, 2]
+    assert all(x["status"] == "ok" and x["extra"]["engine"] == "stacked" for x in recs.values())
+    assert len({x["metrics"]["test/acc"] for x in recs.values()}) > 1  # each replica its own seed
+    separate = cli("seed=0", "regularizer=dropout", *tiny(), f"runs_root={tmp_path}")
+    assert separate.returncode == 0
+    both = records(tmp_path)
+    assert len(both) == 4  # the separate run of seed 0 has its own folder
+    assert len({x["group_hash"] for x in both.values()}) == 1  # ... and pools with the stacked ones
+    again = cli("replicas=3", "regularizer=dropout", *tiny(), f"runs_root={tmp_path}")
+    assert "all 3 records say ok" in again.stderr
+
+    fallback = cli("replicas=2", "model=cnn1d", *tiny(), f"runs_root={tmp_path / 'cnn'}")
+    assert fallback.returncode == 0
+    assert "falling back to separate runs: model=cnn1d is not stacked" in fallback.stderr
+    assert sorted(x["seed"] for x in records(tmp_path / "cnn").values()) == [0, 1]

@@ -71,8 +71,15 @@ def stacked(data, seeds, reg, *, model="mlp", optim="adam", lr=0.01, momentum=0.
                             eval_batch_size=1000)
 
 
-def plain_losses(data, seed, reg, *, model="mlp", optim="adam", lr=0.01, momentum=0.0, epochs=3, batch_size=100):
+def plain_losses(data, seed, reg, **kw):
     """Per-epoch training loss of a separate run of `seed`: the framework's own inner loop, no Lightning."""
+    out: list[float] = []
+    plain_net(data, seed, reg, losses=out, **kw)
+    return out
+
+
+def plain_net(data, seed, reg, *, model="mlp", optim="adam", lr=0.01, momentum=0.0, epochs=3, batch_size=100,
+              losses=None):
     pl.seed_everything(seed, workers=False, verbose=False)
     net = build_model(model, data.input_shape, data.num_classes, reg.slots, regularizer=reg.name, **KWARGS[model])
     opt = make_optimizer(optim, lr, momentum, reg.weight_decay)(net)
@@ -80,12 +87,12 @@ def plain_losses(data, seed, reg, *, model="mlp", optim="adam", lr=0.01, momentu
     if c is not None:
         max_norm_(net, c)
         opt.register_step_post_hook(lambda *_: max_norm_(net, c))
-    out = []
     for epoch in range(epochs):
         loss, _, _ = train_epoch(net, opt, cross_entropy, data.x_train, data.y_train,
                                  epoch_order(len(data.y_train), seed, epoch), batch_size)
-        out.append(float(loss))
-    return out
+        if losses is not None:
+            losses.append(float(loss))
+    return net
 
 
 # ------------------------------------------------------------------------------------ what is stacked
@@ -134,12 +141,13 @@ def test_replica_i_starts_from_the_weights_of_a_separate_run_of_seed_i(model):
             assert torch.equal(got[k], ref[k]), k
 
 
-def test_dropout_masks_are_per_element_of_s_b_h_and_independent_across_replicas():
+def test_dropout_masks_are_per_element_of_s_h_b_and_independent_across_replicas():
     reg = reg_for("dropout")
     stack = R.build_stack([3, 3], "mlp", MLP, (40,), 10, reg)  # two replicas with the same weights
     shapes = []
     drops = [op.arg for op in R._walk(stack.ops) if op.kind == "drop"]
     assert len(drops) == 2
+
     def record(module, inp, out):
         alive = inp[0] != 0  # ReLU zeros say nothing about the mask
         shapes.append((tuple(inp[0].shape), float((out[alive] == 0).float().mean())))
@@ -153,7 +161,7 @@ def test_dropout_masks_are_per_element_of_s_b_h_and_independent_across_replicas(
         assert not torch.equal(out[0], out[1])  # same weights, same input, different masks
         ev = stack(x, train=False)
         assert torch.equal(ev[0], ev[1])  # no masks in evaluation
-    assert [s for s, _ in shapes] == [(2, 64, 100), (2, 64, 100)]
+    assert [s for s, _ in shapes] == [(2, 100, 64), (2, 100, 64)]  # [S, units, B]: one mask element each
     assert all(0.45 < frac < 0.55 for _, frac in shapes)  # p = 0.5
 
 
@@ -170,10 +178,15 @@ def test_same_seeds_give_the_same_records_and_replicas_of_one_seed_agree_without
 
 
 # ------------------------------------------------------------------------------------ exactness
-# Tolerance 1e-5 on per-epoch mean losses: the stacked net multiplies with bmm, a separate run with
-# addmm/mm, which may sum in another order (last-bit differences, ~1e-7 relative), and fused Adam
-# rounds like the for-loop one only up to the last bit; over 105 steps these drift to ~5e-7 here.
-# Any real difference (another init, batch, mask or update) moves the loss by > 1e-3.
+# Tolerance 1e-5 on per-epoch mean losses, for a few epochs. The stacked net multiplies with bmm, a
+# separate run with addmm/mm, which sum in another order: last-bit differences (~1e-7 relative).
+# Those stay at ~5e-7 in the loss for the seeds below, but they are not bounded for long: Adam's
+# step g / (sqrt(v) + eps) turns the rounding of a gradient that nearly cancels (|g| ~ eps = 1e-8)
+# into a weight change of ~1e-5 (seed 4 has one at its first step), and such changes grow
+# chaotically: after 15 epochs the losses differ by up to ~1e-2 (as a separate run's do between
+# 1 and 2 threads). So longer runs agree in distribution (slow test below), and the exact
+# comparisons here are short, or use SGD, which has no such amplification.
+# Any real difference (another init, batch, mask or update) moves the loss by > 1e-3 at once.
 def test_without_dropout_each_replica_follows_the_plain_loop_of_its_seed(data):
     seeds = [0, 1, 2]
     recs = stacked(data, seeds, reg_for("none"))
@@ -202,7 +215,7 @@ def test_a_stacked_record_matches_app_train_of_the_same_seed(tmp_path):
     from test_training import train_in_process
 
     over = ["regularizer=early_stop", "regularizer.early_stop.patience=2", "trainer.max_epochs=30",
-            "trainer.progress_every=0", "data.train_size=1000"]
+            "trainer.progress_every=0", "data.train_size=1000", "optim=sgd"]
     cfg = compose(over)
     recs = R.train_from_config(validate(cfg), [1, 2], data_keys=[k for k in cfg.data if k != "name"],
                                model_keys=[k for k in cfg.model if k != "name"])
@@ -217,6 +230,11 @@ def test_a_stacked_record_matches_app_train_of_the_same_seed(tmp_path):
         for k in ("train/loss", "train/acc", "val/loss", "val/acc"):
             assert r["history"][k] == pytest.approx(ref["history"][k], abs=1e-4), k
         assert r["metrics"] == pytest.approx(ref["metrics"], abs=1e-4)
+        if "mechanism" in ref["extra"]:  # measured on the replica's final (restored) weights
+            mine, theirs = r["extra"]["mechanism"], ref["extra"]["mechanism"]
+            assert mine.keys() == theirs.keys()
+            assert mine["acc"] == pytest.approx(theirs["acc"], abs=1e-4) == r["metrics"]["test/acc"]
+            assert [layer["name"] for layer in mine["layers"]] == [layer["name"] for layer in theirs["layers"]]
 
 
 # ------------------------------------------------------------------------------------ per-replica stopping
@@ -244,14 +262,35 @@ def test_replicas_stop_early_on_their_own_epochs_and_restore_their_own_best(smal
         assert r["metrics"]["best_val/acc"] == max(h["val/acc"])
 
 
+@pytest.mark.parametrize("optim,lr,momentum", [("adam", 0.01, 0.0), ("sgd", 0.1, 0.9)])
+def test_replicas_that_keep_training_after_others_stopped_are_unaffected(small, optim, lr, momentum):
+    """A stopped replica leaves the stack (weights and optimizer state are sliced): the others
+    continue exactly as if trained alone."""
+    reg = reg_for("early_stop", "regularizer.early_stop.patience=2", max_epochs=25)
+    seeds = [0, 1, 2, 3]
+    together = stacked(small, seeds, reg, optim=optim, lr=lr, momentum=momentum, epochs=25)
+    assert len({r["stopped_epoch"] for r in together}) > 1  # the stack was compacted at least once
+    for seed, r in zip(seeds, together):
+        alone = stacked(small, [seed], reg, optim=optim, lr=lr, momentum=momentum, epochs=25)[0]
+        assert r["history"]["epoch"] == alone["history"]["epoch"]
+        assert r["history"]["train/loss"] == pytest.approx(alone["history"]["train/loss"], abs=1e-6)
+        assert (r["best_epoch"], r["stopped_epoch"]) == (alone["best_epoch"], alone["stopped_epoch"])
+        assert r["metrics"] == pytest.approx(alone["metrics"], abs=1e-6)
+
+
 def test_restored_weights_are_the_best_epochs_weights(small):
-    """Check the restore on the weights themselves: rebuild replica i as a module and evaluate it."""
+    """The final metrics are those of the network a separate run has after its best epoch: train
+    seed i alone with the plain loop for best_epoch + 1 epochs and evaluate it (SGD: no Adam
+    amplification of rounding, see above)."""
     reg = reg_for("early_stop", "regularizer.early_stop.patience=2", max_epochs=20)
-    recs = stacked(small, [0, 1], reg, epochs=20)
-    for r in recs:
-        assert r["restored_best"]
-        assert r["metrics"]["val/acc"] == pytest.approx(r["history"]["val/acc"][r["best_epoch"]], abs=1e-9)
-        assert r["metrics"]["val/loss"] == pytest.approx(r["history"]["val/loss"][r["best_epoch"]], abs=1e-5)
+    recs = stacked(small, [0, 1], reg, optim="sgd", lr=0.1, momentum=0.9, epochs=20)
+    for seed, r in zip([0, 1], recs):
+        assert r["restored_best"] and r["stopped_epoch"] > r["best_epoch"]
+        net = plain_net(small, seed, reg, optim="sgd", lr=0.1, momentum=0.9, epochs=r["best_epoch"] + 1)
+        for split, (x, y) in {"val": (small.x_val, small.y_val), "test": (small.x_test, small.y_test)}.items():
+            m = evaluate(net, x, y)
+            assert r["metrics"][f"{split}/acc"] == pytest.approx(m["acc"], abs=1e-9)
+            assert r["metrics"][f"{split}/loss"] == pytest.approx(m["loss"], abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------ divergence
@@ -286,7 +325,8 @@ def test_a_group_too_big_for_memory_is_refused_early_with_the_estimate(small, mo
                            eval_chunk=1000, widest=100)
     assert R.estimate_bytes(1000, param_count=15_210, activation_width=210, batch_size=100, n_train=3500,
                             eval_chunk=1000, widest=100) == 1000 * one
-    with pytest.raises(R.ReplicaMemoryError, match=r"replicas=1000 need about [0-9.]+ GiB on cpu \(estimate: [0-9.]+ MiB per replica"):
+    message = r"replicas=1000 need about [0-9.]+ GiB on cpu \(estimate: [0-9.]+ MiB per replica"
+    with pytest.raises(R.ReplicaMemoryError, match=message):
         R.check_memory(1000, 1000 * one, "cpu", available=10 * one)
     R.check_memory(5, 5 * one, "cpu", available=10 * one)  # fits: no error
 
@@ -315,6 +355,4 @@ def test_stacked_and_separate_runs_agree_in_distribution(arm, tmp_path):
     sep = [train_in_process(tmp_path / str(s), *over, f"seed={s}")["metrics"]["test/acc"] for s in seeds]
     diff = statistics.mean(st) - statistics.mean(sep)
     se = math.sqrt(statistics.variance(st) / len(st) + statistics.variance(sep) / len(sep))
-    assert abs(diff) < 3 * se + 1e-9, (diff, se, statistics.mean(st), statistics.mean(sep))
-    if arm == "none":  # no masks: the very same runs, up to rounding
-        assert st == pytest.approx(sep, abs=5e-3)
+    assert abs(diff) < 3 * se, (diff, se, statistics.mean(st), statistics.mean(sep))

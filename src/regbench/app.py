@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from regbench.config import ConfigError, RunConfig, validate
-from regbench.naming import group_hash
+from regbench.naming import group_hash, run_id
 from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
 from regbench.rundir import CHECKPOINT_DIR, RunLock, clean_partial, last_checkpoint
 
@@ -50,6 +50,8 @@ def run(cfg: DictConfig) -> str:
         print(f"regbench: invalid config: {e}", file=sys.stderr)
         sys.exit(2)
 
+    if rc.replicas > 1:
+        return run_replicas(cfg, rc, run_dir)
     done = run_dir / RESULTS_FILE
     if done.exists() and not rc.force:
         try:
@@ -69,6 +71,69 @@ def run(cfg: DictConfig) -> str:
         _remove_if_empty(run_dir)  # a rejected run leaves no folder behind
 
 
+def _is_done(run_dir: Path) -> bool:
+    try:
+        return read_record(run_dir / RESULTS_FILE)["status"] == "ok"
+    except ValueError:
+        return False
+
+
+def _base_record(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> dict[str, Any]:
+    record = empty_record()
+    record.update(run_id=run_dir.name, seed=rc.seed, data=rc.data.name, model=rc.model.name,
+                  regularizer=rc.regularizer.name, group_hash=group_hash(cfg),
+                  config=OmegaConf.to_container(cfg, resolve=True))
+    return record
+
+
+def run_replicas(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
+    """`replicas=S`: seeds seed..seed+S-1 trained as one stacked model, one ordinary record per seed,
+    each in the folder named from its own config (seed s, replicas S). The group is always the full
+    seed list (its dropout masks depend on it); records already ok are kept, never rewritten.
+    Arms the stacked engine cannot do fall back to separate runs of each seed, with a log line."""
+    from regbench.training import replicas as R
+
+    seeds = [rc.seed + k for k in range(rc.replicas)]
+    cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
+    dirs = [run_dir.parent / run_id(c) for c in cfgs]
+    todo = [i for i, d in enumerate(dirs) if rc.force or not _is_done(d)]
+    if not todo:
+        log.info("skipping %s..%s: all %d records say ok (force=true reruns them)", dirs[0].name, dirs[-1].name, len(seeds))
+        return "skipped"
+    locks = [RunLock(d) for d in dirs]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    try:
+        if not all(lock.acquire() for lock in locks):
+            log.info("skipping the replica group of %s: another process holds one of its runs", run_dir.name)
+            return "busy"
+        data_keys = [k for k in cfg.data if k != "name"]
+        model_keys = [k for k in cfg.model if k != "name"]
+        try:
+            results = R.train_from_config(rc, seeds, data_keys, model_keys, label=run_dir.name)
+        except R.NotVectorizable as e:
+            log.info("replicas: falling back to separate runs: %s", e)
+            statuses = [_run_locked(cfgs[i], validate(cfgs[i]), dirs[i]) for i in todo]
+            return "failed" if "failed" in statuses else "ok"
+        except (*_rejected(), R.ReplicaMemoryError) as e:
+            if not _is_multirun():
+                print(f"regbench: invalid config: {e}", file=sys.stderr)
+                sys.exit(2)
+            log.error("rejected %s: %s", run_dir.name, e)
+            return "rejected"
+        for i in todo:
+            record = _base_record(cfgs[i], validate(cfgs[i]), dirs[i])
+            record.update(results[i])
+            write_record(dirs[i], record)
+        log.info("%d stacked replicas: test/acc %s", len(seeds),
+                 " ".join(f"{results[i]['metrics']['test/acc']:.3f}" for i in todo))
+        return "ok"
+    finally:
+        for lock, d in zip(locks, dirs):
+            lock.release()
+            _remove_if_empty(d)
+
+
 def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     resume = last_checkpoint(run_dir) if rc.trainer.checkpoint_every else None
     if resume is None:
@@ -77,10 +142,7 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(handler)
     REJECTED = _rejected()
-    record = empty_record()
-    record.update(run_id=run_dir.name, seed=rc.seed, data=rc.data.name, model=rc.model.name,
-                  regularizer=rc.regularizer.name, group_hash=group_hash(cfg),
-                  config=OmegaConf.to_container(cfg, resolve=True))
+    record = _base_record(cfg, rc, run_dir)
     try:
         record.update(train(rc, run_dir, data_keys=[k for k in cfg.data if k != "name"],
                             model_keys=[k for k in cfg.model if k != "name"], resume=resume))
