@@ -2,4 +2,4 @@
 
 import time
 
-STARTED = time.perf_counter()  # the first regbench import: start-up time is measured from here
+STARTED: float | None = time.perf_counter()  # the first regbench import: start-up is measured from here

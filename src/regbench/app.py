@@ -226,7 +226,8 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     import regbench
     # from regbench's import to here: Hydra compose + torch/Lightning imports; paid by the first run
     # of a process only (later runs of a sweep in the same process report 0)
-    import_seconds, regbench.STARTED = t0 - regbench.STARTED, t0
+    import_seconds = t0 - regbench.STARTED if regbench.STARTED is not None else 0.0
+    regbench.STARTED = None
     if rc.trainer.threads:
         torch.set_num_threads(rc.trainer.threads)
     device = pick_device(rc.trainer.accelerator)
