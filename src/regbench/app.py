@@ -19,6 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+import regbench
+
 from regbench.config import ConfigError, RunConfig, validate
 from regbench.naming import group_hash, run_id
 from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
@@ -223,11 +225,7 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     from regbench.training.module import Classifier
 
     t0 = time.perf_counter()
-    import regbench
-    # from regbench's import to here: Hydra compose + torch/Lightning imports; paid by the first run
-    # of a process only (later runs of a sweep in the same process report 0)
-    import_seconds = t0 - regbench.STARTED if regbench.STARTED is not None else 0.0
-    regbench.STARTED = None
+    import_seconds = regbench.startup_seconds()
     if rc.trainer.threads:
         torch.set_num_threads(rc.trainer.threads)
     device = pick_device(rc.trainer.accelerator)

@@ -480,7 +480,7 @@ def train_replicas(*, seeds: Sequence[int], data: DataSplits, model_name: str, m
     import regbench
 
     t0 = time.perf_counter()
-    import_seconds = t0 - regbench.STARTED  # as app.train: interpreter start-up up to here
+    import_seconds = regbench.startup_seconds()  # as app.train
     seeds = [int(s) for s in seeds]
     S = len(seeds)
     if S < 1:
