@@ -3,8 +3,9 @@
     1. framework overhead   regbench run (regularizer=none, in process) / plain PyTorch loop,
                             same model, data, seed, batch order, steps and threads; parity checked
     2. dropout step cost    step time with dropout p=0.5 / without, plain loop (ours and torch's)
-    3. parallel sweep       2 arms x 4 seeds: sequential launcher / joblib launcher (2 jobs x 1 thread)
-    4. start-up             `python run.py --help`; a 1-epoch run, its import and set-up seconds
+    3. replicas             10 seeds stacked in one model / 10 separate runs (seed-steps per second)
+    4. parallel sweep       2 arms x 4 seeds: sequential launcher / joblib launcher (2 jobs x 1 thread)
+    5. start-up             `python run.py --help`; a 1-epoch run, its import and set-up seconds
 
 Writes benchmarks/results.md (and prints it). Timing is wall clock, median of repeats; the
 numbers are only comparable within one run on one machine.
@@ -64,7 +65,15 @@ def dropout_cost(repeats: int) -> dict | None:
         import bench_dropout
     except ImportError:
         return None
-    return bench_dropout.measure(repeats=repeats)
+    return bench_dropout.measure()  # 41 interleaved rounds of 50 steps, CPU time (robust to other load)
+
+
+def replica_speedup(repeats: int) -> dict | None:
+    try:
+        import bench_replicas
+    except ImportError:
+        return None
+    return bench_replicas.measure(repeats=repeats)["cpu"]
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -99,12 +108,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=170, help="epochs of the overhead run (170 = the default run)")
-    ap.add_argument("--sweep-epochs", type=int, default=60)
+    ap.add_argument("--sweep-epochs", type=int, default=170, help="epochs of each sweep run (170 = the default run)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
     args = ap.parse_args()
 
     fw = framework_overhead(args.repeats, args.epochs)
     dc = dropout_cost(args.repeats)
+    rp = replica_speedup(args.repeats)
     sw = sweep_speedup(args.sweep_epochs)
     st = startup()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, torch threads 1"
@@ -122,6 +132,9 @@ def main() -> None:
             f"| dropout step / plain step, regbench Dropout (p=0.5) | {dc['ours']:.2f}x | <= 1.25x |",
             f"| dropout step / plain step, torch.nn.Dropout (p=0.5) | {dc['torch']:.2f}x | (reference) |",
         ]
+    if rp:
+        lines += [f"| replicas: 10 stacked seeds / 10 separate runs, seed-steps/s, `{arm}` (whole call) | "
+                  f"{v['ratio_wall']:.2f}x | >= 3x |" for arm, v in rp.items()]
     lines += [
         f"| parallel sweep speed-up, 2 arms x 4 seeds x {args.sweep_epochs} epochs: sequential {sw['sequential']:.1f} s"
         f" / joblib (2 jobs x 1 thread) {sw['joblib']:.1f} s | {sw['speedup']:.2f}x | >= 1.7x |",

@@ -57,6 +57,43 @@ def time_steps(step, n: int, clock) -> float:
     return (clock() - t0) / n
 
 
+def rounds(repeats: int, steps_per_round: int, clock_name: str, warmup: int, ps) -> tuple[list, dict, dict]:
+    """Interleaved rounds of each variant's steps: (names, step times, ratios to no dropout) per round."""
+    torch.set_num_threads(1)
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 40, generator=gen)
+    y = torch.randint(0, 10, (100,), generator=gen)
+
+    variants: dict[str, nn.Module] = {"no dropout": mlp(nn.Identity)}
+    for p in ps:
+        variants[f"torch.nn.Dropout(p={p:g})"] = mlp(lambda p=p: nn.Dropout(p))
+        variants[f"regbench Dropout(p={p:g})"] = mlp(lambda p=p: Dropout(p))
+    steps = {name: make_step(m, x, y) for name, m in variants.items()}
+    names = list(steps)
+
+    torch.manual_seed(0)
+    for name in names:
+        time_steps(steps[name], warmup, clock)
+
+    times: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        this_round = {name: time_steps(steps[name], steps_per_round, clock) for name in order}
+        for name in names:
+            times[name].append(this_round[name])
+            ratios[name].append(this_round[name] / this_round["no dropout"])
+    return names, times, ratios
+
+
+def measure(repeats: int = 41, steps: int = 50, p: float = 0.5) -> dict:
+    """Median step-time ratios (dropout p / no dropout) for regbench's Dropout and torch.nn.Dropout."""
+    _, _, ratios = rounds(repeats, steps, "cpu", 50, [p])
+    return {"ours": statistics.median(ratios[f"regbench Dropout(p={p:g})"]),
+            "torch": statistics.median(ratios[f"torch.nn.Dropout(p={p:g})"])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=41, help="interleaved rounds (median over them)")
@@ -66,32 +103,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=50, help="untimed steps per variant before the rounds")
     ap.add_argument("--p", type=float, nargs="+", default=[0.5, 0.1], help="drop rates to compare")
     args = ap.parse_args()
-
-    torch.set_num_threads(1)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(100, 40, generator=gen)
-    y = torch.randint(0, 10, (100,), generator=gen)
-
-    variants: dict[str, nn.Module] = {"no dropout": mlp(nn.Identity)}
-    for p in args.p:
-        variants[f"torch.nn.Dropout(p={p:g})"] = mlp(lambda p=p: nn.Dropout(p))
-        variants[f"regbench Dropout(p={p:g})"] = mlp(lambda p=p: Dropout(p))
-    steps = {name: make_step(m, x, y) for name, m in variants.items()}
-    names = list(steps)
-
-    torch.manual_seed(0)
-    for name in names:
-        time_steps(steps[name], args.warmup, clock)
-
-    times: dict[str, list[float]] = {name: [] for name in names}
-    ratios: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(args.repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        this_round = {name: time_steps(steps[name], args.steps, clock) for name in order}
-        for name in names:
-            times[name].append(this_round[name])
-            ratios[name].append(this_round[name] / this_round["no dropout"])
+    names, times, ratios = rounds(args.repeats, args.steps, args.clock, args.warmup, args.p)
 
     print(f"MNIST-1D MLP 40-100-100-10, batch 100, Adam, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread; {args.repeats} rounds x {args.steps} steps, {args.clock} clock, medians\n")
