@@ -172,3 +172,13 @@ def test_replicas_write_one_ordinary_record_per_seed_and_pool_with_separate_runs
     assert fallback.returncode == 0
     assert "falling back to separate runs: model=cnn1d is not stacked" in fallback.stderr
     assert sorted(x["seed"] for x in records(tmp_path / "cnn").values()) == [0, 1]
+
+
+def test_a_sweep_with_one_invalid_value_runs_the_rest_and_exits_non_zero(tmp_path):
+    r = cli("-m", "regularizer=dropout", "regularizer.dropout.p=0.5,1.5", *tiny(), f"runs_root={tmp_path}")
+    assert r.returncode == 1
+    assert "regularizer.dropout.p=1.5 is out of range: allowed [0, 1)" in r.stderr
+    assert "1 ok, 1 rejected (invalid config)" in r.stderr
+    recs = records(tmp_path)
+    assert [x["config"]["regularizer"]["dropout"]["p"] for x in recs.values()] == [0.5]
+    assert not [p for p in (tmp_path / "default").iterdir() if "p1.5" in p.name]

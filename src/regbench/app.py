@@ -48,9 +48,7 @@ def run(cfg: DictConfig) -> str:
     try:
         rc = validate(cfg)
     except ConfigError as e:
-        _remove_if_empty(run_dir)
-        print(f"regbench: invalid config: {e}", file=sys.stderr)
-        sys.exit(2)
+        return _reject(e, run_dir)
 
     if rc.replicas > 1:
         return run_replicas(cfg, rc, run_dir)
@@ -118,11 +116,7 @@ def run_replicas(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
             statuses = [_run_locked(cfgs[i], validate(cfgs[i]), dirs[i]) for i in todo]
             return "failed" if "failed" in statuses else "ok"
         except (*_rejected(), R.ReplicaMemoryError) as e:
-            if not _is_multirun():
-                print(f"regbench: invalid config: {e}", file=sys.stderr)
-                sys.exit(2)
-            log.error("rejected %s: %s", run_dir.name, e)
-            return "rejected"
+            return _reject(e, run_dir)
         for i in todo:
             record = _base_record(cfgs[i], validate(cfgs[i]), dirs[i])
             record.update(results[i])
@@ -149,16 +143,9 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
         record.update(train(rc, run_dir, data_keys=[k for k in cfg.data if k != "name"],
                             model_keys=[k for k in cfg.model if k != "name"], resume=resume))
     except REJECTED as e:  # bad input found while building (arm/model/data mismatch): nothing is recorded
-        logging.getLogger().removeHandler(handler)
-        handler.close()
         clean_partial(run_dir)
         (run_dir / "run.log").unlink(missing_ok=True)
-        _remove_if_empty(run_dir)
-        if not _is_multirun():
-            print(f"regbench: invalid config: {e}", file=sys.stderr)
-            sys.exit(2)
-        log.error("rejected %s: %s", run_dir.name, e)
-        return "rejected"
+        return _reject(e, run_dir)
     except Exception as e:  # a failed run is recorded, never lost
         (run_dir / "traceback.txt").write_text(traceback.format_exc())
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
@@ -175,6 +162,17 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     log.info("%s: %s test/acc %.4f (%d epochs, %.1f s)", run_dir.name, record["status"],
              record["metrics"]["test/acc"], record["epochs_trained"], record["train_seconds"])
     return record["status"]
+
+
+def _reject(error: Exception, run_dir: Path) -> str:
+    """Bad input, before any training: a single run prints it and exits with status 2; in a sweep it
+    is logged and counted (the sweep then exits 1) while the other runs go on. No folder is left."""
+    _remove_if_empty(run_dir)
+    if not _is_multirun():
+        print(f"regbench: invalid config: {error}", file=sys.stderr)
+        sys.exit(2)
+    log.error("rejected %s: %s", run_dir.name, error)
+    return "rejected"
 
 
 def _rejected() -> tuple[type[Exception], ...]:
