@@ -71,8 +71,10 @@ def test_a_diverging_and_a_failing_run_do_not_stop_their_siblings(tmp_path):
         run_dir = next(p.parent for p in tmp_path.rglob("results.json") if json.loads(p.read_text()) == failed)
         assert "Traceback" in (run_dir / "traceback.txt").read_text()
     assert "1 ok, 1 diverged, 2 failed" in r.stderr
-    per_arm = (tmp_path / "default" / "per_arm.csv").read_text()
-    assert "diverged" in per_arm or "seeds_diverged" in per_arm
+    import pandas as pd
+
+    per_arm = pd.read_csv(tmp_path / "default" / "per_arm.csv")
+    assert (per_arm["seeds_ok"].sum(), per_arm["seeds_diverged"].sum(), per_arm["seeds_failed"].sum()) == (1, 1, 2)
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
@@ -108,7 +110,9 @@ def test_two_concurrent_sweeps_into_one_root_give_all_their_runs(tmp_path):
     assert a.returncode == 0 and b.returncode == 0, ea[-2000:] + eb[-2000:]
     recs = records(tmp_path)
     seeds = sorted(x["seed"] for x in recs.values())
-    assert seeds == [0, 1, 2, 3, 4]  # each run exactly once, seed 2 by whichever sweep claimed it first
+    assert seeds == [0, 1, 2, 3, 4]
+    trained = [line.split("]")[-1].split(":")[0].strip() for line in (ea + eb).splitlines() if "ok test/acc" in line]
+    assert sorted(trained) == sorted(recs)  # each run trained exactly once, seed 2 by whichever sweep claimed it
     assert all(x["status"] == "ok" for x in recs.values())
 
 
@@ -125,7 +129,7 @@ def test_bad_values_for_ten_keys_through_the_command_line(tmp_path):
     for (overrides, message), r in zip(cases, results):
         assert r.returncode == 2, (overrides, r.stderr[-2000:])
         assert message in r.stderr, (overrides, r.stderr[-2000:])
-    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+    assert not list(tmp_path.rglob("*"))  # no run folder, no file
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(tmp_path):
@@ -182,3 +186,26 @@ def test_a_sweep_with_one_invalid_value_runs_the_rest_and_exits_non_zero(tmp_pat
     recs = records(tmp_path)
     assert [x["config"]["regularizer"]["dropout"]["p"] for x in recs.values()] == [0.5]
     assert not [p for p in (tmp_path / "default").iterdir() if "p1.5" in p.name]
+
+
+def test_sigterm_mid_run_exits_non_zero_and_writes_no_record(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "trainer.max_epochs=400", "trainer.progress_every=0",
+                             f"runs_root={tmp_path}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.rglob("events.out.tfevents.*")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err[-2000:]
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def test_a_failing_replica_group_records_each_seed_as_failed(tmp_path):
+    r = cli("-m", "replicas=2", "data.train_size=99999", *tiny(), f"runs_root={tmp_path}")
+    assert r.returncode == 1
+    recs = records(tmp_path)
+    assert sorted(x["seed"] for x in recs.values()) == [0, 1]
+    assert all(x["status"] == "failed" and "train_size=99999" in x["error"] for x in recs.values())
+    assert "2 failed" in r.stderr or "1 failed" in r.stderr

@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,31 @@ def run(cfg: DictConfig) -> str:
         log.info("skipping %s: another process is running it (%s)", run_dir.name, lock.owner())
         return "busy"
     try:
+        if not rc.force and _is_done(run_dir):  # finished by another process since the check above
+            log.info("skipping %s: results.json says ok (force=true reruns it)", run_dir.name)
+            return "skipped"
         return _run_locked(cfg, rc, run_dir)
+    except SystemExit as e:
+        _exit_on_sigterm(e)
+        raise
     finally:
         lock.release()
         _remove_if_empty(run_dir)  # a rejected run leaves no folder behind
+
+
+def _exit_on_sigterm(e: SystemExit) -> None:
+    """Lightning turns SIGTERM into SIGTERMException, a SystemExit without a code (exit status 0):
+    a terminated run or sweep must not look successful."""
+    if type(e).__name__ == "SIGTERMException":
+        log.error("terminated by SIGTERM: no record written for the unfinished run")
+        raise SystemExit(128 + 15) from e
+
+
+WORST_FIRST = ("failed", "rejected", "diverged", "busy", "ok", "skipped")
+
+
+def _worst(statuses: list[str]) -> str:
+    return min(statuses, key=WORST_FIRST.index)
 
 
 def _is_done(run_dir: Path) -> bool:
@@ -113,17 +134,29 @@ def run_replicas(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
             results = R.train_from_config(rc, seeds, data_keys, model_keys, label=run_dir.name)
         except R.NotVectorizable as e:
             log.info("replicas: falling back to separate runs: %s", e)
-            statuses = [_run_locked(cfgs[i], validate(cfgs[i]), dirs[i]) for i in todo]
-            return "failed" if "failed" in statuses else "ok"
+            return _worst([_run_locked(cfgs[i], replace(rc, seed=seeds[i]), dirs[i]) for i in todo])
         except (*_rejected(), R.ReplicaMemoryError) as e:
             return _reject(e, run_dir)
+        except Exception as e:  # the group failed: every seed it was to write gets a failed record
+            for i in todo:
+                (dirs[i] / "traceback.txt").write_text(traceback.format_exc())
+                record = _base_record(cfgs[i], replace(rc, seed=seeds[i]), dirs[i])
+                record.update(status="failed", error=f"{type(e).__name__}: {e}")
+                write_record(dirs[i], record)
+            log.error("replica group %s failed: %s: %s", run_dir.name, type(e).__name__, e)
+            if not _is_multirun():
+                raise
+            return "failed"
         for i in todo:
-            record = _base_record(cfgs[i], validate(cfgs[i]), dirs[i])
+            record = _base_record(cfgs[i], replace(rc, seed=seeds[i]), dirs[i])
             record.update(results[i])
             write_record(dirs[i], record)
         log.info("%d stacked replicas: test/acc %s", len(seeds),
                  " ".join(f"{results[i]['metrics']['test/acc']:.3f}" for i in todo))
-        return "ok"
+        return _worst([results[i]["status"] for i in todo])
+    except SystemExit as e:
+        _exit_on_sigterm(e)
+        raise
     finally:
         for lock, d in zip(locks, dirs):
             lock.release()
@@ -302,7 +335,8 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
         "train_seconds": train_seconds,
         "history": h,
         "diverged_epoch": guard.diverged_epoch,
-        "error": f"loss became non-finite at epoch {guard.diverged_epoch}" if diverged else None,
+        "error": (None if not diverged else f"loss became non-finite at epoch {guard.diverged_epoch}"
+                  if guard.diverged_epoch is not None else "a final metric is non-finite"),
         "extra": extra,
     }
 

@@ -139,8 +139,9 @@ class TrainerConfig:
     max_epochs: int = rng(POS_INT)
     accelerator: str = one_of("auto", "cpu", "gpu", "cuda", "mps")
     devices: Any = 1
-    # no 16-mixed: the steps run outside Lightning's optimizer wrapper, so no gradient scaler
-    precision: str = one_of("32-true", "bf16-mixed", "64-true")
+    # no 16-mixed: the steps run outside Lightning's optimizer wrapper, so no gradient scaler;
+    # no 64-true: the data tensors stay float32
+    precision: str = one_of("32-true", "bf16-mixed")
     deterministic: bool = True
     # regbench's own (not Trainer arguments)
     threads: int = rng(Interval(0, 1024))             # torch intra-op threads; 0 = leave torch's default
@@ -194,6 +195,15 @@ def _require(cfg: RunConfig) -> None:
         for k in needs[e.criterion]:
             if getattr(e, k) is None:
                 raise ConfigError(f"regularizer.early_stop.{k} is required for criterion={e.criterion}")
+    if e is not None and e.criterion != "patience" and e.min_delta != 0:
+        raise ConfigError(f"regularizer.early_stop.min_delta={e.min_delta} is only used by criterion=patience "
+                          f"(criterion={e.criterion}): leave it at 0")
+    if cfg.optim.name == "adam" and cfg.optim.momentum != 0:
+        raise ConfigError(f"optim.momentum={cfg.optim.momentum} is only used by optim=sgd: leave it at 0 with adam")
+    if cfg.replicas > 1 and cfg.seed % cfg.replicas:
+        raise ConfigError(f"seed={cfg.seed} with replicas={cfg.replicas}: seed must be a multiple of replicas "
+                          f"(a group is seeds k*replicas .. k*replicas+replicas-1, and its records depend on "
+                          f"the whole group), e.g. seed={cfg.seed - cfg.seed % cfg.replicas}")
     if cfg.regularizer.rdrop_alpha is not None and d is None:
         raise ConfigError("regularizer.rdrop_alpha needs regularizer.dropout (R-Drop compares two dropout passes)")
     if cfg.regularizer.mc_samples > 0 and d is None:

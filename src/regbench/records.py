@@ -15,9 +15,9 @@ Schema (version 1); every key is always present, `null` where it does not apply:
                     ever pooled in a table when data, model, regularizer and this agree
     config          the resolved config (dict)
     metrics         {"test/acc", "test/loss", "train/acc", "train/loss",
-                     "val/acc", "val/loss", "best_val/acc", "best_val/loss"}: floats,
-                    train/* and val/* are those of the last epoch trained, test/* are
-                    measured on the weights that were finally kept
+                     "val/acc", "val/loss", "best_val/acc", "best_val/loss"}: floats;
+                    train/*, val/* and test/* are measured in eval mode on the weights that
+                    were finally kept (best_val/* are the best values of the per-epoch history)
     best_epoch      epoch (0-based) of the best monitored validation value
     epochs_trained  number of epochs run
     stopped_early   bool; stopped_epoch (0-based, or null) and stop_reason (str or null)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import errno
+import fcntl
 import os
 import shutil
 import socket
@@ -12,58 +12,49 @@ LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno == errno.EPERM
-    return True
-
-
 class RunLock:
-    """An exclusive claim on a run folder (O_EXCL lock file holding host and pid).
+    """An exclusive claim on a run folder: `fcntl.flock` on `.lock`, which holds host and pid.
 
     Two sweeps that share a runs root never train the same run at once: the second finds the claim
-    and skips the run. A claim left by a killed process (same host, pid gone) is stale and taken over.
+    and skips the run. The kernel drops the claim when its process dies, even by SIGKILL, so there is
+    no stale lock to detect. After locking, the file must still be the one at `.lock` (a releaser
+    may have unlinked the inode we locked); if not, the claim is retried on the new file.
     """
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / LOCK_FILE
-        self.held = False
+        self.fd: int | None = None
 
     def acquire(self) -> bool:
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._stale():
-                    return False
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
-            return True
-        return False
-
-    def _stale(self) -> bool:
-        try:
-            host, pid = self.path.read_text().split()
-        except (OSError, ValueError):
-            return True  # unreadable or half-written: its writer died between create and write
-        return host == socket.gethostname() and not _alive(int(pid))
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+                self.fd = fd
+                return True
+            os.close(fd)
 
     def owner(self) -> str:
         try:
-            return self.path.read_text().strip()
+            return self.path.read_text().strip() or "?"
         except OSError:
             return "?"
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking: a waiter then re-checks the inode
+            os.close(self.fd)
+            self.fd = None
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -72,9 +63,9 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 
 
 def clean_partial(run_dir: Path) -> None:
-    """Remove what an interrupted attempt left (curves, logs, old checkpoints) before a fresh start,
+    """Remove what an interrupted attempt left (curves, log, old checkpoints) before a fresh start,
     so TensorBoard does not show two attempts' curves mixed in one run."""
-    for name in ("tb", CHECKPOINT_DIR, "traceback.txt"):
+    for name in ("tb", CHECKPOINT_DIR, "traceback.txt", "run.log"):
         p = run_dir / name
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
