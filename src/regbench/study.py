@@ -125,12 +125,8 @@ def fmt_acc(mean: Any, lo: Any = None, hi: Any = None) -> str:
 
 def fmt_pp(diff: Any, lo: Any = None, hi: Any = None) -> str:
     """A difference of accuracies in percentage points, signed: `+1.23 [+0.40, +2.10]`."""
-    if _nan(diff):
-        return "–"
-    s = f"{100.0 * float(diff):+.2f}"
-    if _nan(lo) or _nan(hi):
-        return s
-    return f"{s} [{100.0 * float(lo):+.2f}, {100.0 * float(hi):+.2f}]"
+    scale = lambda v: None if _nan(v) else 100.0 * float(v)  # noqa: E731
+    return fmt_diff(scale(diff), scale(lo), scale(hi), 2)
 
 
 def fmt_diff(diff: Any, lo: Any = None, hi: Any = None, digits: int = 3) -> str:

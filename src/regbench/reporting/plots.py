@@ -124,6 +124,18 @@ def curves(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, baseline: str 
     return _save(fig, path)
 
 
+def _context_rows(per_arm: pd.DataFrame, ctx: tuple) -> pd.DataFrame:
+    """The per-arm rows of one (data, model, config) context, in table order."""
+    return per_arm[[tuple(x) == ctx for x in per_arm[["data", "model", "config"]].to_numpy()]]
+
+
+def _arms_with_ok_runs(rows: pd.DataFrame, runs: pd.DataFrame, ctx: tuple):
+    """(position, per-arm row, that arm's ok runs) for each row of a context."""
+    for y, (_, r) in enumerate(rows.iterrows()):
+        yield y, r, runs[(runs["data"] == ctx[0]) & (runs["model"] == ctx[1]) & (runs["group_hash"] == ctx[2])
+                         & (runs["arm"] == r["regularizer"]) & (runs["status"] == "ok")]
+
+
 def intervals(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, metric: str = "test/acc",
               baseline: str = "none") -> Path:
     t = tag(metric)
@@ -134,10 +146,8 @@ def intervals(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, metric: str
     if not contexts:
         axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
     for ax, ctx in zip(axes, contexts):
-        rows = per_arm[[tuple(x) == ctx for x in per_arm[["data", "model", "config"]].to_numpy()]]
-        for y, (_, r) in enumerate(rows.iterrows()):
-            g = runs[(runs["data"] == ctx[0]) & (runs["model"] == ctx[1]) & (runs["group_hash"] == ctx[2])
-                     & (runs["arm"] == r["regularizer"]) & (runs["status"] == "ok")]
+        rows = _context_rows(per_arm, ctx)
+        for y, r, g in _arms_with_ok_runs(rows, runs, ctx):
             vals = g[metric].dropna().to_numpy(float)
             ax.plot(vals, np.full(vals.size, y), ".", color="gray", alpha=0.6, ms=4)
             mean, lo, hi = r[f"{t}_mean"], r[f"{t}_ci95_low"], r[f"{t}_ci95_high"]
@@ -165,10 +175,8 @@ def gap(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path) -> Path:
     if not contexts:
         axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
     for ax, ctx in zip(axes, contexts):
-        rows = per_arm[[tuple(x) == ctx for x in per_arm[["data", "model", "config"]].to_numpy()]]
-        for y, (_, r) in enumerate(rows.iterrows()):
-            g = runs[(runs["data"] == ctx[0]) & (runs["model"] == ctx[1]) & (runs["group_hash"] == ctx[2])
-                     & (runs["arm"] == r["regularizer"]) & (runs["status"] == "ok")]
+        rows = _context_rows(per_arm, ctx)
+        for y, r, g in _arms_with_ok_runs(rows, runs, ctx):
             vals = (g["train/acc"] - g["test/acc"]).dropna().to_numpy(float)
             if not math.isnan(r["train_minus_test_acc_mean"]):
                 ax.barh([y], [r["train_minus_test_acc_mean"]], color=colors[r["regularizer"]], alpha=0.6)
