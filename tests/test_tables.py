@@ -198,3 +198,15 @@ def test_cli_subprocess(sweep):
     assert str(sweep / "broken" / "results.json") in proc.stderr
     for name in ("per_arm.md", "per_arm.csv", "per_arm.tex", "pairwise.md", "comparison.md", "curves.png"):
         assert (sweep / name).exists(), name
+
+
+def test_a_sweep_whose_runs_all_failed_still_gets_its_report(tmp_path):
+    """Every run failed on two datasets (as a first GPU run did): the per-arm table lists them as failed,
+    with no statistics, and there is nothing to rank; the report is written, not lost to an error."""
+    recs = [make_record(seed=s, acc=0.0, data=d, regularizer=r, status="failed")
+            for d in ("d1", "d2") for r in ("none", "dropout") for s in range(2)]
+    write_runs(tmp_path, recs)
+    rep = write_report([tmp_path], tmp_path, plots=True)
+    assert len(rep.per_arm) == 4 and (rep.per_arm["seeds_failed"] == 2).all()
+    assert rep.per_arm["test_acc_mean"].isna().all() and rep.ranking is None
+    assert "excluded from statistics: 2 failed" in (tmp_path / "per_arm.md").read_text()

@@ -297,6 +297,7 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
         log.info("%s: resuming from %s", run_dir.name, resume)
     trainer.fit(module, train_dataloaders=epochs, ckpt_path=str(resume) if resume else None)
     train_seconds = time.perf_counter() - t1
+    net.to(device)  # Lightning's teardown moves the module back to the CPU; the data stay on `device`
 
     chunk = rc.trainer.eval_batch_size
     final = {split: evaluate(net, x, y, chunk, mc_samples=reg.mc_samples)

@@ -143,6 +143,8 @@ def ranking_table(per_arm: pd.DataFrame, metric: str = "test/acc") -> pd.DataFra
     """
     t = tag(metric)
     pa = per_arm[per_arm[f"{t}_mean"].notna()]
+    if pa.empty:  # no arm has a mean (every run failed): nothing to rank
+        return None
     sizes = pa.groupby(["data", "model", "config"]).size()
     pa = pa[[sizes[tuple(k)] >= 2 for k in pa[["data", "model", "config"]].to_numpy()]]
     contexts = sorted(set(map(tuple, pa[["data", "model", "config"]].to_numpy())))
