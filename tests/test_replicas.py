@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from parity import raw_train  # noqa: E402
 
 MLP = {"hidden": 100, "depth": 2}
-KWARGS = {"mlp": MLP, "resmlp": MLP, "logreg": {}}
+KWARGS = {"mlp": MLP, "resmlp": MLP, "logreg": {}, "cnn1d": {"channels": 25}, "seed_cnn": {}}
+SHAPES = {"mlp": (40,), "resmlp": (40,), "logreg": (40,), "cnn1d": (40,), "seed_cnn": (1, 14, 14)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -113,11 +114,14 @@ def test_other_arms_are_refused_with_a_reason(arm):
     assert not ok and len(why) > 10
 
 
-def test_other_models_and_trainer_settings_are_refused():
+def test_channel_wise_dropout_other_models_and_trainer_settings_are_refused():
     reg = reg_for("none")
     for model in ("cnn1d", "seed_cnn"):
-        ok, why = R.is_vectorizable(model, reg)
-        assert not ok and f"model={model}" in why
+        for arm in ("spatial_dropout", "dropblock"):
+            ok, why = R.is_vectorizable(model, reg_for(arm))
+            assert not ok and "conv slot" in why
+    ok, why = R.is_vectorizable("convnext", reg)
+    assert not ok and "model=convnext" in why
     assert not R.is_vectorizable("mlp", reg, precision="bf16-mixed")[0]
     assert not R.is_vectorizable("mlp", reg, checkpoint_every=5)[0]
     with pytest.raises(R.NotVectorizable, match="R-Drop"):
@@ -126,15 +130,15 @@ def test_other_models_and_trainer_settings_are_refused():
 
 
 # ------------------------------------------------------------------------------------ shapes, independence
-@pytest.mark.parametrize("model", ["mlp", "resmlp", "logreg"])
+@pytest.mark.parametrize("model", ["mlp", "resmlp", "logreg", "cnn1d", "seed_cnn"])
 def test_replica_i_starts_from_the_weights_of_a_separate_run_of_seed_i(model):
     reg = reg_for("dropout" if model != "logreg" else "none")
     seeds = [0, 5, 7]
-    stack = R.build_stack(seeds, model, KWARGS[model], (40,), 10, reg)
+    stack = R.build_stack(seeds, model, KWARGS[model], SHAPES[model], 10, reg)  # also checks the forward pass
     assert stack.replicas == 3
     for i, seed in enumerate(seeds):
         pl.seed_everything(seed, workers=False, verbose=False)
-        ref = build_model(model, (40,), 10, reg.slots, regularizer=reg.name, **KWARGS[model]).state_dict()
+        ref = build_model(model, SHAPES[model], 10, reg.slots, regularizer=reg.name, **KWARGS[model]).state_dict()
         got = stack.replica_state_dict(i)
         assert got.keys() == ref.keys()
         for k in ref:
@@ -235,6 +239,98 @@ def test_a_stacked_record_matches_app_train_of_the_same_seed(tmp_path):
             assert mine.keys() == theirs.keys()
             assert mine["acc"] == pytest.approx(theirs["acc"], abs=1e-4) == r["metrics"]["test/acc"]
             assert [layer["name"] for layer in mine["layers"]] == [layer["name"] for layer in theirs["layers"]]
+
+
+# ------------------------------------------------------------------------------------ conv nets
+@pytest.mark.parametrize("stride,padding,kernel", [(2, 1, 5), (1, 0, 3), (3, 2, 4)])
+def test_stacked_conv1d_is_each_replicas_conv1d_forward_and_backward(stride, padding, kernel):
+    g = torch.Generator().manual_seed(0)
+    S, B, c_in, c_out, L = 3, 4, 2, 5, 17
+    x = torch.randn(S, B, c_in, L, generator=g, requires_grad=True)
+    w = torch.randn(S, c_out, c_in, kernel, generator=g, requires_grad=True)
+    b = torch.randn(S, c_out, 1, generator=g, requires_grad=True)
+    got = R._conv1d(x.permute(0, 2, 3, 1), w, b, stride, padding)                  # [S, C_out, L', B]
+    want = torch.stack([torch.nn.functional.conv1d(x[i], w[i], b[i, :, 0], stride=stride, padding=padding)
+                        for i in range(S)])                                          # [S, B, C_out, L']
+    assert torch.allclose(got.permute(0, 3, 1, 2), want, atol=1e-5)
+    g_out = torch.randn(want.shape, generator=g)
+    grads = torch.autograd.grad((got.permute(0, 3, 1, 2) * g_out).sum(), (x, w, b))
+    ref = torch.autograd.grad((want * g_out).sum(), (x, w, b))
+    for a, r in zip(grads, ref):
+        assert torch.allclose(a, r, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1)])
+def test_stacked_conv2d_is_each_replicas_conv2d_forward_and_backward(stride, padding):
+    g = torch.Generator().manual_seed(1)
+    S, B, c_in, c_out = 3, 4, 2, 5
+    x = torch.randn(S, B, c_in, 9, 7, generator=g, requires_grad=True)
+    w = torch.randn(S, c_out, c_in, 3, 3, generator=g, requires_grad=True)
+    b = torch.randn(S, c_out, 1, generator=g, requires_grad=True)
+    got = R._conv2d(x.permute(0, 2, 3, 4, 1), w, b, (stride, stride), (padding, padding))  # [S, C_out, H', W', B]
+    want = torch.stack([torch.nn.functional.conv2d(x[i], w[i], b[i, :, 0], stride=stride, padding=padding)
+                        for i in range(S)])
+    assert torch.allclose(got.permute(0, 4, 1, 2, 3), want, atol=1e-5)
+    g_out = torch.randn(want.shape, generator=g)
+    grads = torch.autograd.grad((got.permute(0, 4, 1, 2, 3) * g_out).sum(), (x, w, b))
+    ref = torch.autograd.grad((want * g_out).sum(), (x, w, b))
+    for a, r in zip(grads, ref):
+        assert torch.allclose(a, r, atol=1e-4)
+
+
+@pytest.mark.parametrize("arm,optim,lr,momentum", [
+    ("none", "adam", 0.01, 0.0),
+    ("maxnorm", "sgd", 0.1, 0.9),       # max-norm per output channel of the conv kernels too
+    ("weight_decay", "adam", 0.01, 0.0),
+])
+def test_cnn1d_replicas_follow_the_plain_loop_of_their_seeds(small, arm, optim, lr, momentum):
+    reg = reg_for(arm, "regularizer.maxnorm=0.5") if arm == "maxnorm" else reg_for(arm)
+    kw = dict(model="cnn1d", optim=optim, lr=lr, momentum=momentum, epochs=2)
+    recs = stacked(small, [3, 8], reg, **kw)
+    for seed, r in zip([3, 8], recs):
+        assert r["history"]["train/loss"] == pytest.approx(plain_losses(small, seed, reg, **kw), abs=1e-5)
+        assert r["extra"]["engine"] == "stacked" and r["extra"]["parameters"] == 5210
+
+
+def test_seed_cnn_replicas_follow_the_plain_loop_and_evaluate_like_their_own_network():
+    from regbench.data import build_data
+    from regbench.training.loop import evaluate
+
+    images = build_data("mnist5k", root=os.environ["REGBENCH_DATA"], test_size=1000, test_seed=0, val_size=500,
+                        split_seed=0, train_size=200, resize=[14, 14])
+    reg = reg_for("weight_decay")
+    kw = dict(model="seed_cnn", lr=0.001, epochs=2)
+    recs = stacked(images, [2, 6], reg, **kw)
+    for seed, r in zip([2, 6], recs):
+        assert r["history"]["train/loss"] == pytest.approx(plain_losses(images, seed, reg, **kw), abs=1e-4)
+        net = plain_net(images, seed, reg, **kw).eval()
+        test = evaluate(net, images.x_test, images.y_test, 1000)
+        assert r["metrics"]["test/acc"] == pytest.approx(test["acc"], abs=2e-3)
+        assert r["metrics"]["test/loss"] == pytest.approx(test["loss"], abs=1e-3)
+
+
+def test_dropout_on_conv_maps_uses_the_conv_rate_and_is_stacked(small):
+    """dropout on cnn1d: conv maps at regularizer.dropout.conv_p, masks per element of [S, C, L, B]."""
+    reg = reg_for("dropout", "regularizer.dropout.conv_p=0.25")
+    stack = R.build_stack([0, 1], "cnn1d", KWARGS["cnn1d"], (40,), 10, reg)
+    drops = [op.arg for op in stack.ops if op.kind == "drop"]
+    assert [d.p for d in drops] == [0.25, 0.25, 0.25]
+    seen = []
+
+    def record(module, inp, out):
+        if module in drops:
+            live = inp[0] != 0
+            assert out.shape == inp[0].shape and out.shape[:2] == (2, 25) and out.shape[-1] == 100  # [S, C, L, B]
+            seen.append(int(((out == 0) & live).sum()) / int(live.sum()))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        torch.manual_seed(0)
+        stack(small.x_train[:200].view(2, 100, 40), train=True)
+    finally:
+        handle.remove()
+    # the share of live units dropped: 0.25 within ~5 binomial standard errors (n >= ~10^4 live units per layer)
+    assert len(seen) == 3 and all(abs(f - 0.25) < 0.025 for f in seen), seen
 
 
 # ------------------------------------------------------------------------------------ per-replica stopping

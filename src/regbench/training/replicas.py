@@ -1,20 +1,31 @@
-"""Many seeds in one model: S independent replicas of a small feed-forward classifier trained as one
-stacked network.
+"""Many seeds in one model: S independent replicas of a small classifier trained as one stacked
+network.
 
 Replica i is the network a separate run of seed ``seeds[i]`` would build (``pl.seed_everything``
 then ``build_model``, exactly as ``app.train`` does); its weights become slice i of stacked tensors
 
-    weight [S, out, in]   bias [S, out, 1]        (one pair per nn.Linear of the model)
+    weight [S, *the layer's weight shape]   bias [S, out, 1]   (one pair per Linear / Conv1d / Conv2d)
 
-and a layer is one ``torch.baddbmm`` over the replica dim. Activations are kept feature-major,
-[S, features, batch], so a layer is ``W @ h + b``: the 10-class head is then an [10 x 100] @
-[100 x B] product per replica, which the CPU BLAS runs ~4x faster than the [B x 100] @ [100 x 10]
-of the batch-major layout (small N is its slow case); the logits come out [S, classes, B], the
-layout ``F.cross_entropy`` takes without a transpose, and the weight gradient ``g @ h^T`` is
-contiguous in nn.Linear's own [out, in] layout (autograd keeps it without a copy). Measured on
-the MNIST-1D MLP, S = 10, one CPU thread: ~220 us per seed-step here, 320 us with
-``torch.func.stack_module_state`` + ``vmap(functional_call, randomness="different")`` (its
-batched linears are batch-major and it adds per-op batching overhead), ~850 us for a separate run.
+Activations keep the batch last: [S, features, B] between linear layers, [S, channels, *spatial, B]
+between conv layers (so flattening a conv map for the next linear layer is a view, in the order of
+the model's own ``flatten(1)``).
+
+* a linear layer is one ``torch.baddbmm``: ``W @ h + b``. Feature-major, the 10-class head is an
+  [10 x 100] @ [100 x B] product per replica, which the CPU BLAS runs ~4x faster than the [B x 100]
+  @ [100 x 10] of the batch-major layout (small N is its slow case); the logits come out [S, classes,
+  B], the layout ``F.cross_entropy`` takes without a transpose, and the weight gradient ``g @ h^T``
+  is contiguous in nn.Linear's own [out, in] layout. Measured on the MNIST-1D MLP, S = 10, one CPU
+  thread: ~220 us per seed-step here, 320 us with ``torch.func.stack_module_state`` +
+  ``vmap(functional_call, randomness="different")`` (batch-major linears plus per-op batching
+  overhead), ~850 us for a separate run;
+* a Conv1d is im2col by a gather plus one ``baddbmm`` (:func:`_conv1d`): ~2.7x cheaper per replica
+  on the CPU than a grouped convolution, whose small groups run no faster than S separate ones;
+* a Conv2d is one grouped ``conv2d`` (groups = S) of the [B, S * C, H, W] view (:func:`_conv2d`).
+  The document's CNN (seed_cnn, 2.2M parameters) is arithmetic-bound on a CPU: stacking it saves
+  nothing there (0.9x the seed-steps/s of separate runs on the 2-core reference machine, the grouped
+  kernel being a little slower than S plain ones); on a GPU, where a separate run is launch-bound,
+  it is the stacking that pays (``benchmarks/gpu_check.sh``).
+
 The optimizer is a plain (fused) ``torch.optim`` one on 2 tensors per layer.
 
 Why the replicas stay independent
@@ -26,7 +37,7 @@ Why the replicas stay independent
       ``app.make_optimizer``) are elementwise, so on stacked tensors they are the separate
       optimizers side by side;
     * max-norm: ``torch.renorm`` of every (replica, unit) row, the separate run's op per row;
-    * dropout: the regbench dropout modules of the model, applied to [S, H, B] activations,
+    * dropout: the regbench dropout modules of the model, applied to [S, H, B] (or [S, C, *spatial, B]) activations,
       draw i.i.d. masks per element, hence independent across replicas (one generator seeded
       from the seed list: a stacked group is reproducible, but its masks are not the masks a
       separate run would draw, so with dropout on replicas agree with separate runs in
@@ -40,11 +51,12 @@ divergence detection on the epoch's training loss. A replica that stops (early s
 is removed from the stack (weights and optimizer state), so the remaining ones train faster; the
 run ends when none is left or at ``max_epochs``.
 
-What is vectorized: models mlp, resmlp, logreg; regularizers none, bernoulli and gaussian dropout
-(hidden and input slots, constant rate), weight decay, max-norm, early stopping (any criterion, with
-or without restore), and their combinations. Everything else (other dropout kinds, schedules,
-R-Drop, MC dropout, conv models, mixed precision, checkpoints) is refused by
-:func:`is_vectorizable` with a reason, so the caller falls back to separate runs.
+What is vectorized: models mlp, resmlp, logreg, cnn1d and seed_cnn; regularizers none, bernoulli
+and gaussian dropout (hidden, conv-map and input slots, constant rate), weight decay, max-norm (per
+unit or output channel), early stopping (any criterion, with or without restore), and their
+combinations. Everything else (other dropout kinds, channel-wise dropout on conv maps, schedules,
+R-Drop, MC dropout, mixed precision, checkpoints) is refused by :func:`is_vectorizable` with a
+reason, so the caller falls back to separate runs.
 """
 
 from __future__ import annotations
@@ -75,7 +87,7 @@ log = logging.getLogger("regbench")
 __all__ = ["VECTORIZABLE_MODELS", "NotVectorizable", "ReplicaMemoryError", "StackedNet", "is_vectorizable",
            "build_stack", "estimate_bytes", "available_bytes", "check_memory", "train_replicas", "train_from_config"]
 
-VECTORIZABLE_MODELS = ("mlp", "resmlp", "logreg")
+VECTORIZABLE_MODELS = ("mlp", "resmlp", "logreg", "cnn1d", "seed_cnn")
 # modules that act elementwise (so the same module works on [S, H, B]); dropout ones only in training
 _ELEMENTWISE = (nn.ReLU, nn.SELU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU)
 _DROPOUTS = (Dropout, GaussianDropout)
@@ -147,8 +159,9 @@ def is_vectorizable(model_name: str, reg: Regularization, *, precision: str = "3
         return False, f"activation {type(s.activation()).__name__} is not a known elementwise one"
     if type(s.residual()) is not nn.Identity:
         return False, f"the residual slot holds {type(s.residual()).__name__} (DropPath)"
-    for slot in ("hidden", "input"):
-        m = getattr(s, slot)()
+    if type(s.conv(8, 1)) is not nn.Identity or type(s.conv(8, 2)) is not nn.Identity:
+        return False, f"{type(s.conv(8, 1)).__name__} in the conv slot (channel-wise dropout is not stacked)"
+    for slot, m in (("hidden", s.hidden()), ("hidden (conv maps)", s.hidden("conv")), ("input", s.input())):
         if type(m) is nn.Identity:
             continue
         if type(m) not in _DROPOUTS:
@@ -161,22 +174,32 @@ def is_vectorizable(model_name: str, reg: Regularization, *, precision: str = "3
 # ---------------------------------------------------------------------------------------- the stacked net
 @dataclass
 class _Op:
-    kind: str                      # "linear" | "fn" (elementwise, always) | "drop" (training only) | "res"
-    arg: Any = None                # linear: index into weights; fn/drop: the module; res: list of ops
+    kind: str                      # "layer" (linear or conv) | "fn" (elementwise, always) | "drop" (training only)
+                                   # | "res" (residual block)
+    arg: Any = None                # layer: index into weights; fn/drop: the module; res: list of ops
 
 
-def _ops(model_name: str, net: nn.Module) -> tuple[list[_Op], list[tuple[str, nn.Linear]]]:
-    """The model's forward pass as a list of ops after ``x.flatten(1)``, and its linears (name, module)
-    in op order. Raises NotVectorizable on any module it does not know."""
-    linears: list[tuple[str, nn.Linear]] = []
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _ops(model_name: str, net: nn.Module, input_shape: tuple[int, ...]
+         ) -> tuple[list[_Op], list[tuple[str, nn.Module]], tuple[int, ...]]:
+    """The model's forward pass as a list of ops, its weighted layers (name, module) in op order, and
+    the shape one example enters the first layer with ((features,) for the MLPs, (channels, *spatial)
+    for the conv nets). Raises NotVectorizable on any module it does not know."""
+    layers: list[tuple[str, nn.Module]] = []
     names = {m: n for n, m in net.named_modules()}
 
     def convert(m: nn.Module) -> list[_Op]:
-        if type(m) is nn.Linear:
+        if type(m) in _LAYERS:
             if m.bias is None:
-                raise NotVectorizable(f"nn.Linear without bias ({names[m]})")
-            linears.append((names[m], m))
-            return [_Op("linear", len(linears) - 1)]
+                raise NotVectorizable(f"{type(m).__name__} without bias ({names[m]})")
+            if isinstance(m, nn.Conv1d | nn.Conv2d) and (
+                    m.groups != 1 or set(m.dilation) != {1} or m.padding_mode != "zeros" or isinstance(m.padding, str)):
+                raise NotVectorizable(f"{names[m]}: only plain convolutions are stacked (groups 1, dilation 1, "
+                                      f"numeric zero padding)")
+            layers.append((names[m], m))
+            return [_Op("layer", len(layers) - 1)]
         if type(m) is nn.Identity:
             return []
         if type(m) in _DROPOUTS:
@@ -191,30 +214,82 @@ def _ops(model_name: str, net: nn.Module) -> tuple[list[_Op], list[tuple[str, nn
             return [_Op("res", convert(m.branch))]
         raise NotVectorizable(f"module {type(m).__name__} ({names.get(m, '?')}) has no stacked version")
 
-    order = {"mlp": ("input_drop", "hidden", "head"), "resmlp": ("input_drop", "stem", "blocks", "head"),
-             "logreg": ("input_drop", "head")}.get(model_name)
+    order = MODEL_ORDER.get(model_name)
     if order is None:
         raise NotVectorizable(f"model={model_name} is not stacked")
     children = set(dict(net.named_children()))
     if children != set(order):  # the model changed: refuse rather than guess its forward
         raise NotVectorizable(f"model={model_name} has submodules {sorted(children)}, expected {sorted(order)}")
     ops = [op for name in order for op in convert(getattr(net, name))]
-    covered = sum(2 for _ in linears)
-    if covered != len(list(net.parameters())) or list(net.buffers()):
-        raise NotVectorizable(f"model={model_name} has parameters or buffers outside its nn.Linear layers")
-    return ops, linears
+    if 2 * len(layers) != len(list(net.parameters())) or list(net.buffers()):
+        raise NotVectorizable(f"model={model_name} has parameters or buffers outside its linear and conv layers")
+    first = layers[0][1]
+    if isinstance(first, nn.Linear):
+        entry: tuple[int, ...] = (first.in_features,)
+    elif isinstance(first, nn.Conv1d):  # CNN1D.forward: x.reshape(N, 1, L)
+        entry = (first.in_channels, math.prod(input_shape) // first.in_channels)
+    else:                               # seed_cnn: images as they are, [N, C, H, W]
+        entry = (first.in_channels, *input_shape[-2:])
+    if math.prod(entry) != math.prod(input_shape):
+        raise NotVectorizable(f"model={model_name}: inputs of shape {tuple(input_shape)} do not enter its first "
+                              f"layer as {entry}")
+    return ops, layers, entry
+
+
+# each stacked model's children, in the order its forward() calls them (flatten before the first linear
+# is implicit: a conv net's [S, C, *spatial, B] activation is reshaped to [S, C * prod(spatial), B])
+MODEL_ORDER = {"mlp": ("input_drop", "hidden", "head"), "resmlp": ("input_drop", "stem", "blocks", "head"),
+               "logreg": ("input_drop", "head"), "cnn1d": ("input_drop", "features", "head"),
+               "seed_cnn": ("input_drop", "features", "fc1", "fc1_act", "fc1_drop", "fc2")}
+
+
+def _conv1d(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """S stacked Conv1d on h [S, C_in, L, B] with w [S, C_out, C_in, k], b [S, C_out, 1] -> [S, C_out, L', B].
+
+    im2col with a gather, then one batched matrix product: with the batch innermost, the patches
+    (c, j) x (l', b) are ``index_select`` along L of the padded input, already in the [S, C_in * k,
+    L' * B] layout ``baddbmm`` takes (no transpose, no copy besides the gather). On the CPU this is
+    ~2.7x cheaper per replica than a grouped ``conv1d`` (groups = S), whose small-group kernels are
+    no faster than S separate convolutions (MNIST-1D CNN, S = 10, one thread).
+    """
+    S, c_in, length, B = h.shape
+    c_out, k = w.shape[1], w.shape[-1]
+    if padding:
+        h = F.pad(h, (0, 0, padding, padding))
+        length += 2 * padding
+    out_len = (length - k) // stride + 1
+    idx = (torch.arange(k, device=h.device)[:, None] + stride * torch.arange(out_len, device=h.device)).reshape(-1)
+    patches = h.index_select(2, idx).view(S, c_in * k, out_len * B)          # (c, j) x (l', b)
+    return torch.baddbmm(b, w.view(S, c_out, c_in * k), patches).view(S, c_out, out_len, B)
+
+
+def _conv2d(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride, padding) -> torch.Tensor:
+    """S stacked Conv2d on h [S, C_in, H, W, B] with w [S, C_out, C_in, kh, kw] -> [S, C_out, H', W', B]:
+    one grouped convolution (groups = S) of the [B, S * C_in, H, W] view. With the batch outermost in
+    memory, consecutive conv layers need no copies (the permutes are views); an im2col gather as in
+    :func:`_conv1d` was 1.8x slower here (the 3x3 patches of 2-D maps are 9x the activation)."""
+    S, c_in = h.shape[:2]
+    c_out = w.shape[1]
+    x = h.permute(4, 0, 1, 2, 3).reshape(h.shape[4], S * c_in, h.shape[2], h.shape[3])
+    y = F.conv2d(x, w.view(S * c_out, *w.shape[2:]), b.view(-1), stride=stride, padding=padding, groups=S)
+    return y.view(y.shape[0], S, c_out, y.shape[2], y.shape[3]).permute(1, 2, 3, 4, 0)
 
 
 class StackedNet:
-    """S replicas of one feed-forward classifier: ``weights[k]`` [S, out, in], ``biases[k]`` [S, out, 1].
+    """S replicas of one feed-forward classifier: ``weights[k]`` [S, *layer k's weight shape],
+    ``biases[k]`` [S, out, 1], one pair per nn.Linear / nn.Conv1d / nn.Conv2d of the model.
 
     ``forward(x)`` takes [S, B, *input_shape] (replica i's own batch) or [B, *input_shape] (one batch
     shared by all replicas, for evaluation) and returns logits [S, classes, B] (class dim second,
-    as ``F.cross_entropy`` takes them); hidden activations are [S, units, B].
+    as ``F.cross_entropy`` takes them). Activations keep the batch last: [S, units, B] after a
+    linear layer, [S, channels, *spatial, B] after a conv layer, so flattening a conv map for the
+    next linear layer orders (channel, position) as the model's own ``flatten(1)`` does.
     """
 
-    def __init__(self, ops: list[_Op], names: list[str], weights: list[torch.Tensor], biases: list[torch.Tensor]):
+    def __init__(self, ops: list[_Op], names: list[str], weights: list[torch.Tensor], biases: list[torch.Tensor],
+                 modules: list[nn.Module], entry: tuple[int, ...]):
         self.ops, self.names, self.weights, self.biases = ops, names, weights, biases
+        self.modules, self.entry = modules, entry
 
     @property
     def replicas(self) -> int:
@@ -223,37 +298,61 @@ class StackedNet:
     def parameters(self) -> list[torch.Tensor]:
         return [*self.weights, *self.biases]
 
+    def _like(self, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> "StackedNet":
+        return StackedNet(self.ops, self.names, weights, biases, self.modules, self.entry)
+
     def forward(self, x: torch.Tensor, train: bool, shared: bool = False) -> torch.Tensor:
         """Logits [S, C, B] of x [S, B, *input_shape] (replica i gets x[i]) or, with ``shared``,
         of x [B, *input_shape] given to every replica (a stride-0 view, no copy)."""
-        h = x.flatten(1).t().unsqueeze(0).expand(self.replicas, -1, -1) if shared else x.flatten(2).transpose(1, 2)
+        if shared:
+            h = x.movedim(0, -1).reshape(*self.entry, x.shape[0]).unsqueeze(0).expand(self.replicas,
+                                                                                      *([-1] * (len(self.entry) + 1)))
+        else:
+            h = x.movedim(1, -1).reshape(x.shape[0], *self.entry, x.shape[1])
         return self._run(self.ops, h, train)
 
     __call__ = forward
 
-    def _run(self, ops: list[_Op], h: torch.Tensor, train: bool) -> torch.Tensor:
+    def _run(self, ops: list[_Op], h: torch.Tensor, train: bool, sizes: list[int] | None = None) -> torch.Tensor:
         for op in ops:
-            if op.kind == "linear":
-                h = torch.baddbmm(self.biases[op.arg], self.weights[op.arg], h)  # W h + b: [S, out, B]
+            if op.kind == "layer":
+                w, b, m = self.weights[op.arg], self.biases[op.arg], self.modules[op.arg]
+                if isinstance(m, nn.Linear):
+                    # W h + b: [S, out, B]; a conv map [S, C, *spatial, B] is flattened first
+                    h = torch.baddbmm(b, w, h.reshape(h.shape[0], -1, h.shape[-1]))
+                elif isinstance(m, nn.Conv1d):
+                    h = _conv1d(h, w, b, m.stride[0], m.padding[0])
+                else:
+                    h = _conv2d(h, w, b, m.stride, m.padding)
+                if sizes is not None:
+                    sizes.append(h[0].numel() // h.shape[-1])
             elif op.kind == "fn":
                 h = op.arg(h)
             elif op.kind == "drop":
                 if train:
                     h = op.arg(h)
             else:  # residual block: h + branch(h)
-                h = h + self._run(op.arg, h, train)
+                h = h + self._run(op.arg, h, train, sizes)
         return h
+
+    def layer_sizes(self, input_shape: tuple[int, ...]) -> list[int]:
+        """Per example and replica, the number of values each layer outputs (for the memory estimate)."""
+        sizes: list[int] = []
+        with torch.no_grad():
+            one = self._like([w[:1] for w in self.weights], [b[:1] for b in self.biases])
+            one._run(one.ops, torch.zeros(1, *input_shape).movedim(0, -1).reshape(1, *self.entry, 1), False, sizes)
+        return sizes
 
     def select(self, keep: torch.Tensor) -> "StackedNet":
         """A new StackedNet of replicas ``keep`` (new leaf tensors)."""
         with torch.no_grad():
             pick = lambda ts: [t[keep].clone().requires_grad_(t.requires_grad) for t in ts]  # noqa: E731
-            return StackedNet(self.ops, self.names, pick(self.weights), pick(self.biases))
+            return self._like(pick(self.weights), pick(self.biases))
 
     def to(self, device) -> "StackedNet":
         with torch.no_grad():
             move = lambda ts: [t.detach().to(device).requires_grad_(True) for t in ts]  # noqa: E731
-            return StackedNet(self.ops, self.names, move(self.weights), move(self.biases))
+            return self._like(move(self.weights), move(self.biases))
 
     def replica_state_dict(self, i: int) -> dict[str, torch.Tensor]:
         """Replica i as the ``state_dict`` of the model it came from (same keys, CPU tensors)."""
@@ -264,11 +363,13 @@ class StackedNet:
         return out
 
     def max_norm_(self, c: float) -> None:
-        """``constraints.max_norm_`` per replica: every unit's incoming weight row to norm <= c
-        (``torch.renorm`` of the rows of each replica's [out, in] matrix, as in a separate run)."""
+        """``constraints.max_norm_`` per replica: every unit's (output channel's) incoming weights to
+        norm <= c (``torch.renorm`` of the rows of each replica's [out, in * kernel] matrix, as in a
+        separate run)."""
         with torch.no_grad():
             for w in self.weights:
-                w.copy_(torch.renorm(w.view(-1, w.shape[-1]), p=2, dim=0, maxnorm=c).view_as(w))
+                rows = w.view(w.shape[0] * w.shape[1], -1)
+                rows.copy_(torch.renorm(rows, p=2, dim=0, maxnorm=c))
 
 
 def _build_replica(seed: int, model_name: str, model_kwargs: dict, input_shape, num_classes: int,
@@ -289,19 +390,20 @@ def build_stack(seeds: Sequence[int], model_name: str, model_kwargs: dict, input
     ``net(x)`` on a few random inputs: a model whose forward the op list misreads is refused, not
     trained wrongly.
     """
-    ops, names, ws, bs, dropouts = None, None, [], [], None
+    ops, names, ws, bs, dropouts, modules, entry = None, None, [], [], None, None, None
     probe = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(12345))
     expected = []
     for seed in seeds:
         net = _build_replica(seed, model_name, model_kwargs, input_shape, num_classes, reg, data_name)
         if ops is None:
-            ops, linears = _ops(model_name, net)
-            names = [n for n, _ in linears]
+            ops, layers, entry = _ops(model_name, net, input_shape)
+            names = [n for n, _ in layers]
+            modules = [m for _, m in layers]
             dropouts = [op.arg for op in _walk(ops) if op.kind == "drop"]
         else:
-            _, linears = _ops(model_name, net)
-        ws.append([m.weight.detach() for _, m in linears])
-        bs.append([m.bias.detach() for _, m in linears])
+            _, layers, _ = _ops(model_name, net, input_shape)
+        ws.append([m.weight.detach() for _, m in layers])
+        bs.append([m.bias.detach() for _, m in layers])
         if check:
             net.eval()
             with torch.no_grad():
@@ -310,7 +412,7 @@ def build_stack(seeds: Sequence[int], model_name: str, model_kwargs: dict, input
         d.train()  # the op list calls them only in training
     weights = [torch.stack([w[k] for w in ws]).requires_grad_(True) for k in range(len(names))]  # contiguous
     biases = [torch.stack([b[k] for b in bs]).unsqueeze(-1).requires_grad_(True) for k in range(len(names))]
-    stack = StackedNet(ops, names, weights, biases)
+    stack = StackedNet(ops, names, weights, biases, modules, entry)
     if check:
         with torch.no_grad():
             got = stack(probe, train=False, shared=True).transpose(1, 2)
@@ -383,10 +485,11 @@ def check_memory(S: int, estimate: int, device: torch.device | str, available: i
             f"use at most replicas={max(1, free // per)} per group or train the seeds separately")
 
 
-def _widths(stack: StackedNet) -> tuple[int, int, int]:
-    outs = [w.shape[1] for w in stack.weights]
-    ins = stack.weights[0].shape[2]
-    return sum(outs), max(outs + [ins]), ins
+def _widths(stack: StackedNet, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(sum of the layers' output sizes, the widest of them or the input, input size), per example."""
+    sizes = stack.layer_sizes(input_shape)
+    ins = math.prod(input_shape)
+    return sum(sizes), max(sizes + [ins]), ins
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -495,7 +598,7 @@ def train_replicas(*, seeds: Sequence[int], data: DataSplits, model_name: str, m
     # memory: estimate from one replica's shape before building S of them
     probe_stack = build_stack(seeds[:1], model_name, model_kwargs, data.input_shape, data.num_classes, reg,
                               data.name, check=False)
-    act_width, widest, in_features = _widths(probe_stack)
+    act_width, widest, in_features = _widths(probe_stack, data.input_shape)
     chunk = max(1, min(eval_batch_size, _EVAL_ELEMENTS // (S * widest)))
     param_count = sum(p[0].numel() for p in probe_stack.parameters())
     check_memory(S, estimate_bytes(S, param_count=param_count, activation_width=act_width, batch_size=batch_size,
@@ -602,7 +705,7 @@ def train_replicas(*, seeds: Sequence[int], data: DataSplits, model_name: str, m
             if best is None:
                 return [f.clone() for f in final]
             return [torch.where(pick.view(-1, *([1] * (f.dim() - 1))), b, f) for b, f in zip(best, final)]
-        end = StackedNet(stack.ops, stack.names, choose(best_w, final_w), choose(best_b, final_b))
+        end = stack._like(choose(best_w, final_w), choose(best_b, final_b))
     final = {split: _evaluate(end, x, yy, chunk) for split, (x, yy) in
              {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val),
               "test": (data.x_test, data.y_test)}.items()}
