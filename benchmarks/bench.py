@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -104,6 +105,30 @@ def startup() -> dict:
             "setup_seconds": rec["extra"]["setup_seconds"], "train_seconds": rec["train_seconds"]}
 
 
+GPU_DIR = ROOT / "benchmarks" / "gpu"
+
+
+def gpu_section() -> list[str]:
+    """The GPU figures: not measured by `make bench` (the reference machine has no GPU) but by
+    `benchmarks/gpu_check.sh` on a lent GPU machine, whose outputs are committed in benchmarks/gpu/;
+    quoted here verbatim, with the headline ratio pulled out."""
+    scaling, seeds10 = GPU_DIR / "gpu_scaling.md", GPU_DIR / "gpu_seeds10.md"
+    if not scaling.exists():
+        return ["No GPU figures: run `benchmarks/gpu_check.sh` on a GPU machine (see benchmarks/gpu/README.md)."]
+    text = scaling.read_text()
+    found = re.search(r"S = (\d+) stacked / one separate run, steps/s \(training loop\): \*\*(\d+)x\*\*", text)
+    out = ["## GPU (from benchmarks/gpu/, written by `benchmarks/gpu_check.sh`; not rerun by `make bench`)", ""]
+    if found:
+        out += ["| measure | value | goal |", "|---|---|---|",
+                f"| replicas on the GPU: {found.group(1)} stacked / one separate run, steps/s | {found.group(2)}x | "
+                f">= 300x |", ""]
+    for f in (scaling, seeds10):
+        if f.exists():
+            body = f.read_text().strip().splitlines()
+            out += [f"### {f.name}", "", *[("#" + line if line.startswith("#") else line) for line in body], ""]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -144,6 +169,7 @@ def main() -> None:
         f"| start-up: of which data and model set-up in the run | {st['setup_seconds']:.2f} s | |",
         "",
     ]
+    lines += gpu_section()
     text = "\n".join(lines)
     Path(args.out).write_text(text)
     print(text)

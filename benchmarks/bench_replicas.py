@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/bench_replicas.py [--repeats 3] [--epochs 5] [--replicas 10]
                                                    [--arms none dropout] [--scaling 1 10 100]
+                                                   [--settings mnist1d_cnn1d:5 mnist5k_seed_cnn:1]
+                                                   [--device cpu|cuda]
 
-1. S seeds of one arm on the default MNIST-1D MLP, one torch thread, on the CPU:
+1. S seeds of one arm on the default MNIST-1D MLP, one torch thread, on ``--device`` (CPU by default):
    * separate: S calls of ``app.train`` (Lightning, the path every run takes today), seeds 0..S-1;
    * stacked:  one call of ``training.replicas.train_from_config`` with the same S seeds.
    Both produce the same records (data, model, final evaluation, mechanism measures included).
@@ -11,10 +13,14 @@
    loop (``train_seconds``: the epochs with their validation). The runs are interleaved, repeat
    by repeat, and the table gives medians; CPU seconds (``time.process_time``) are shown too,
    as wall time on a shared machine partly measures the other jobs.
+   ``--settings NAME:EPOCHS ...`` repeats this for study settings (``conf/setting/NAME.yaml``, e.g.
+   the conv nets) at the given number of epochs each, with the first of ``--arms``.
 2. Scaling: stacked groups of S = 1 .. 1000 replicas (CUDA when available: S = 1, 100, 1000; on
-   the CPU only with ``--scaling``), training loop only, as seed-steps/s and relative to S = 1.
+   the CPU only with ``--scaling``), training loop only, as seed-steps/s and relative to S = 1,
+   and one separate run (``app.train``) on the same device as the single-run baseline.
 
-Target: stacked / separate >= 3x seed-steps/s for S = 10 on the CPU.
+Targets: stacked / separate >= 3x seed-steps/s for S = 10 on the CPU; on a GPU, S = 1000 stacked
+>= 300x the steps/s of one separate run.
 """
 
 from __future__ import annotations
@@ -76,9 +82,22 @@ def _median(runs: list[dict]) -> dict:
     return out
 
 
+def _compare(arm: str, epochs: int, seeds: list[int], extra: tuple[str, ...], repeats: int) -> dict:
+    _separate(arm, 1, [0], extra), _stacked(arm, 1, [0, 1], extra)  # warm-up: imports, first-call costs
+    sep, st = [], []
+    for _ in range(repeats):
+        sep.append(_separate(arm, epochs, seeds, extra))
+        st.append(_stacked(arm, epochs, seeds, extra))
+    a, b = _median(sep), _median(st)
+    return {"separate": a, "stacked": b,
+            **{f"ratio_{k}": b[f"seed_steps_per_s_{k}"] / a[f"seed_steps_per_s_{k}"] for k in ("wall", "cpu", "loop")}}
+
+
 def measure(repeats: int = 3, epochs: int = 5, replicas: int = 10, arms: tuple[str, ...] = ("none", "dropout"),
-            scaling: tuple[int, ...] = ()) -> dict:
-    """{"cpu": {arm: {"separate": .., "stacked": .., "ratio_*": ..}}, "scaling": {...}, "machine": ..}."""
+            scaling: tuple[int, ...] = (), settings: tuple[tuple[str, int], ...] = (), device: str = "cpu",
+            gpu_scaling: tuple[int, ...] = (1, 100, 1000)) -> dict:
+    """{"cpu": {arm: {"separate": .., "stacked": .., "ratio_*": ..}}, "settings": {...}, "scaling": {...}, ..}
+    ("cpu" holds the part-1 rows whatever ``device`` they ran on; ``result["device"]`` says which)."""
     import warnings
 
     import pytorch_lightning  # noqa: F401  (imported first: it sets its loggers' levels on import)
@@ -89,22 +108,20 @@ def measure(repeats: int = 3, epochs: int = 5, replicas: int = 10, arms: tuple[s
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="pytorch_lightning")
     seeds = list(range(replicas))
-    result: dict = {"cpu": {}, "scaling": {}, "epochs": epochs, "replicas": replicas, "repeats": repeats,
-                    "torch": torch.__version__, "threads": 1}
-    cpu = ("trainer.accelerator=cpu",)
+    result: dict = {"cpu": {}, "settings": {}, "scaling": {}, "epochs": epochs, "replicas": replicas,
+                    "repeats": repeats, "torch": torch.__version__, "threads": 1, "device": device}
+    if device == "cuda":
+        result["gpu_name"] = torch.cuda.get_device_name(0)
+    on = (f"trainer.accelerator={device}",)
     for arm in arms:
-        _separate(arm, 1, [0], cpu), _stacked(arm, 1, [0, 1], cpu)  # warm-up: imports, first-call costs
-        sep, st = [], []
-        for _ in range(repeats):
-            sep.append(_separate(arm, epochs, seeds, cpu))
-            st.append(_stacked(arm, epochs, seeds, cpu))
-        a, b = _median(sep), _median(st)
-        result["cpu"][arm] = {"separate": a, "stacked": b,
-                              **{f"ratio_{k}": b[f"seed_steps_per_s_{k}"] / a[f"seed_steps_per_s_{k}"]
-                                 for k in ("wall", "cpu", "loop")}}
+        result["cpu"][arm] = _compare(arm, epochs, seeds, on, repeats)
+    for name, n_epochs in settings:
+        result["settings"][name] = {"arm": arms[0] if arms else "dropout", "epochs": n_epochs,
+                                    **_compare(arms[0] if arms else "dropout", n_epochs, seeds,
+                                               (*on, f"+setting={name}"), repeats)}
     devices = []
-    if torch.cuda.is_available():
-        devices.append(("cuda", (1, 100, 1000)))
+    if torch.cuda.is_available() and gpu_scaling:
+        devices.append(("cuda", tuple(gpu_scaling)))
     if scaling:
         devices.append(("cpu", tuple(scaling)))
     for device, sizes in devices:
@@ -121,22 +138,28 @@ def measure(repeats: int = 3, epochs: int = 5, replicas: int = 10, arms: tuple[s
             result["gpu_name"] = torch.cuda.get_device_name(0)
             one = [_separate("none", epochs, [0], extra) for _ in range(repeats)]
             rows["separate_1"] = _median(one)
+            rows["separate_1"]["largest_vs_separate"] = (rows[sizes[-1]]["seed_steps_per_s_loop"]
+                                                         / rows["separate_1"]["seed_steps_per_s_loop"])
         result["scaling"][device] = rows
     return result
 
 
 def render(r: dict) -> str:
-    lines = [f"# Stacked replicas vs separate runs (MNIST-1D MLP, {r['epochs']} epochs, {r['threads']} thread, "
+    lines = [f"# Stacked replicas vs separate runs ({r['epochs']} epochs unless the row says, {r['threads']} thread, "
              f"torch {r['torch']}, median of {r['repeats']})", ""]
-    lines += [f"## S = {r['replicas']} seeds on the CPU", "",
-              "| arm | path | seed-steps | call s | loop s | CPU s | seed-steps/s (call) | seed-steps/s (loop) |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for arm, v in r["cpu"].items():
+    where = r.get("gpu_name", "cuda") if r.get("device") == "cuda" else "the CPU"
+    rows = [("mnist1d_mlp", arm, r["epochs"], v) for arm, v in r["cpu"].items()]
+    rows += [(name, v["arm"], v["epochs"], v) for name, v in r.get("settings", {}).items()]
+    if rows:
+        lines += [f"## S = {r['replicas']} seeds on {where}", "",
+                  "| setting | arm | epochs | path | seed-steps | call s | loop s | CPU s | seed-steps/s (call) | "
+                  "seed-steps/s (loop) |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for setting, arm, epochs, v in rows:
         for path in ("separate", "stacked"):
             m = v[path]
-            lines.append(f"| {arm} | {path} | {m['steps']} | {m['wall']:.2f} | {m['loop']:.2f} | {m['cpu']:.2f} | "
-                         f"{m['seed_steps_per_s_wall']:.0f} | {m['seed_steps_per_s_loop']:.0f} |")
-        lines.append(f"| {arm} | **stacked / separate** | | | | | **{v['ratio_wall']:.2f}x** | "
+            lines.append(f"| {setting} | {arm} | {epochs} | {path} | {m['steps']} | {m['wall']:.2f} | {m['loop']:.2f} | "
+                         f"{m['cpu']:.2f} | {m['seed_steps_per_s_wall']:.0f} | {m['seed_steps_per_s_loop']:.0f} |")
+        lines.append(f"| {setting} | {arm} | | **stacked / separate** | | | | | **{v['ratio_wall']:.2f}x** | "
                      f"**{v['ratio_loop']:.2f}x** (CPU time: {v['ratio_cpu']:.2f}x) |")
     for device, rows in r["scaling"].items():
         name = r.get("gpu_name", device) if device == "cuda" else "CPU, 1 thread"
@@ -151,7 +174,9 @@ def render(r: dict) -> str:
             m = rows["separate_1"]
             lines.append(f"| 1 (app.train, separate) | {m['steps']} | {m['loop']:.2f} | "
                          f"{m['seed_steps_per_s_loop']:.0f} | |")
-    if not r["scaling"]:
+            lines += ["", f"S = {max(k for k in rows if k != 'separate_1')} stacked / one separate run, steps/s "
+                          f"(training loop): **{m['largest_vs_separate']:.0f}x**"]
+    if not r["scaling"] and r.get("device") != "cuda":
         lines += ["", "(no CUDA device: the S = 1 / 100 / 1000 scaling rows are skipped; "
                       "--scaling runs them on the CPU)"]
     return "\n".join(lines)
@@ -162,10 +187,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--replicas", type=int, default=10)
-    ap.add_argument("--arms", nargs="+", default=["none", "dropout"])
+    ap.add_argument("--arms", nargs="*", default=["none", "dropout"])
     ap.add_argument("--scaling", nargs="*", type=int, default=[], help="stacked group sizes to time on the CPU")
+    ap.add_argument("--settings", nargs="*", default=[], metavar="NAME:EPOCHS",
+                    help="study settings to compare too, e.g. mnist1d_cnn1d:5 (first of --arms, dropout if none)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where part 1 runs")
+    ap.add_argument("--gpu-scaling", nargs="*", type=int, default=[1, 100, 1000],
+                    help="stacked group sizes to time on CUDA when there is one (none: skip)")
     args = ap.parse_args()
-    print(render(measure(args.repeats, args.epochs, args.replicas, tuple(args.arms), tuple(args.scaling))))
+    settings = tuple((s.split(":")[0], int(s.split(":")[1]) if ":" in s else args.epochs) for s in args.settings)
+    print(render(measure(args.repeats, args.epochs, args.replicas, tuple(args.arms), tuple(args.scaling),
+                         settings, args.device, tuple(args.gpu_scaling))))
 
 
 if __name__ == "__main__":
