@@ -172,10 +172,11 @@ def test_replicas_write_one_ordinary_record_per_seed_and_pool_with_separate_runs
     again = cli("replicas=3", "regularizer=dropout", *tiny(), f"runs_root={tmp_path}")
     assert "all 3 records say ok" in again.stderr
 
-    fallback = cli("replicas=2", "model=cnn1d", *tiny(), f"runs_root={tmp_path / 'cnn'}")
+    fallback = cli("replicas=2", "model=cnn1d", "regularizer=spatial_dropout", *tiny(), f"runs_root={tmp_path / 'cnn'}")
     assert fallback.returncode == 0
-    assert "falling back to separate runs: model=cnn1d is not stacked" in fallback.stderr
-    assert sorted(x["seed"] for x in records(tmp_path / "cnn").values()) == [0, 1]
+    assert "falling back to separate runs: SpatialDropout in the conv slot" in fallback.stderr
+    recs = records(tmp_path / "cnn").values()
+    assert sorted(x["seed"] for x in recs) == [0, 1] and all("engine" not in x["extra"] for x in recs)
 
 
 def test_a_sweep_with_one_invalid_value_runs_the_rest_and_exits_non_zero(tmp_path):
