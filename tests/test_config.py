@@ -74,6 +74,10 @@ BAD = [
     ("replicas=10 seed=3", "seed=3 with replicas=10: seed must be a multiple of replicas"),
     ("regularizer=early_stop_gl +regularizer.early_stop.min_delta=0.1", "min_delta=0.1 is only used by criterion=patience"),
     ("regularizer=weight_decay regularizer.weight_decay=-1e-4", "regularizer.weight_decay=-0.0001 is out of range"),
+    ("regularizer=dropout regularizer.dropout.kind=spatial",
+     "regularizer.dropout.conv_p=0.1 is only used by the element-wise kinds bernoulli, gaussian, alpha (kind=spatial)"),
+    ("regularizer=spatial_dropout +regularizer.dropout.block_size=3",
+     "regularizer.dropout.block_size=3 is only used by kind=dropblock (kind=spatial)"),
 ]
 
 

@@ -84,6 +84,7 @@ class ModelConfig:
 
 # --------------------------------------------------------------------------------- regularizer
 DROPOUT_KINDS = ("bernoulli", "gaussian", "alpha", "dropconnect", "spatial", "dropblock", "drop_path")
+ELEMENTWISE_KINDS = ("bernoulli", "gaussian", "alpha")   # the kinds that act per unit (so conv_p means something)
 SCHEDULES = ("constant", "curriculum", "early")
 CRITERIA = ("patience", "gl", "pq", "up")
 MONITORS = ("val/loss", "val/acc")
@@ -186,6 +187,12 @@ def _require(cfg: RunConfig) -> None:
     if d is not None:
         if d.kind == "dropblock" and d.block_size is None:
             raise ConfigError("regularizer.dropout.block_size is required for kind=dropblock: allowed [1, inf)")
+        if d.conv_p is not None and d.kind not in ELEMENTWISE_KINDS:
+            raise ConfigError(f"regularizer.dropout.conv_p={d.conv_p} is only used by the element-wise kinds "
+                              f"{', '.join(ELEMENTWISE_KINDS)} (kind={d.kind}): set regularizer.dropout.conv_p=null")
+        if d.block_size is not None and d.kind != "dropblock":
+            raise ConfigError(f"regularizer.dropout.block_size={d.block_size} is only used by kind=dropblock "
+                              f"(kind={d.kind}): set regularizer.dropout.block_size=null")
         if d.schedule == "curriculum" and d.schedule_gamma is None:
             raise ConfigError("regularizer.dropout.schedule_gamma is required for schedule=curriculum: allowed (0, inf)")
         if d.schedule == "early" and d.schedule_until is None:
