@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
 
-.PHONY: setup run test test-slow tables bench study clean
+.PHONY: setup run test test-slow tables bench study study-replicas clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,7 @@ test-slow: $(STAMP)
 tables: $(STAMP)  ## regenerate every report from the records on disk (no training)
 	$(PY) -m regbench.tables --each runs experiments
 	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) -m regbench.study $(STUDY); fi
+	if [ -f $(REPLICAS)/per_arm.csv ] && [ -f $(STUDY)/per_arm.csv ]; then $(PY) $(REPLICAS)/compare.py > /dev/null; fi
 
 bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> benchmarks/results.md
 	$(PY) benchmarks/bench.py
@@ -42,6 +43,15 @@ study: $(STAMP)   ## the dropout-vs-early-stopping study from scratch (runs alre
 	printf '{"seconds": %d, "command": "make study", "machine": "%s, %s cores"}\n' \
 	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" > $(STUDY)/timing.json; \
 	$(PY) -m regbench.study $(STUDY) && exit $$status
+
+REPLICAS := experiments/dropout_vs_early_stopping_replicas
+study-replicas: $(STAMP)   ## the same study with stacked replicas (10 seeds per model), timed, then compared with it
+	@start=$$(date +%s); \
+	$(PY) run.py -m experiment=dropout_vs_early_stopping_replicas && \
+	$(PY) run.py -m experiment=dropout_vs_early_stopping_replicas_sanity; status=$$?; \
+	printf '{"seconds": %d, "command": "make study-replicas", "machine": "%s, %s cores"}\n' \
+	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" > $(REPLICAS)/timing.json; \
+	$(PY) $(REPLICAS)/compare.py && exit $$status
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
