@@ -69,12 +69,17 @@ def dropout_cost(repeats: int) -> dict | None:
     return bench_dropout.measure()  # 41 interleaved rounds of 50 steps, CPU time (robust to other load)
 
 
+REPLICA_EPOCHS = 20
+
+
 def replica_speedup(repeats: int) -> dict | None:
     try:
         import bench_replicas
     except ImportError:
         return None
-    return bench_replicas.measure(repeats=repeats)["cpu"]
+    # 20 epochs (700 steps a seed) and at least 5 interleaved repeats: at 5 epochs a stacked group
+    # takes ~0.5 s and the ratio moved by +-20% between runs of the benchmark
+    return bench_replicas.measure(repeats=max(repeats, 5), epochs=REPLICA_EPOCHS)["cpu"]
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -112,7 +117,7 @@ def gpu_section() -> list[str]:
     """The GPU figures: not measured by `make bench` (the reference machine has no GPU) but by
     `benchmarks/gpu_check.sh` on a lent GPU machine, whose outputs are committed in benchmarks/gpu/;
     quoted here verbatim, with the headline ratio pulled out."""
-    scaling, seeds10 = GPU_DIR / "gpu_scaling.md", GPU_DIR / "gpu_seeds10.md"
+    scaling, seeds10, study = (GPU_DIR / f"gpu_{n}.md" for n in ("scaling", "seeds10", "study_settings"))
     if not scaling.exists():
         return ["No GPU figures: run `benchmarks/gpu_check.sh` on a GPU machine (see benchmarks/gpu/README.md)."]
     text = scaling.read_text()
@@ -122,7 +127,7 @@ def gpu_section() -> list[str]:
         out += ["| measure | value | goal |", "|---|---|---|",
                 f"| replicas on the GPU: {found.group(1)} stacked / one separate run, steps/s | {found.group(2)}x | "
                 f">= 300x |", ""]
-    for f in (scaling, seeds10):
+    for f in (scaling, seeds10, study):
         if f.exists():
             body = f.read_text().strip().splitlines()
             out += [f"### {f.name}", "", *[("#" + line if line.startswith("#") else line) for line in body], ""]
@@ -158,7 +163,8 @@ def main() -> None:
             f"| dropout step / plain step, torch.nn.Dropout (p=0.5) | {dc['torch']:.2f}x | (reference) |",
         ]
     if rp:
-        lines += [f"| replicas: 10 stacked seeds / 10 separate runs, seed-steps/s, `{arm}` (whole call) | "
+        lines += [f"| replicas: 10 stacked seeds / 10 separate runs, {REPLICA_EPOCHS} epochs, seed-steps/s, `{arm}` "
+                  f"(whole call) | "
                   f"{v['ratio_wall']:.2f}x | >= 3x |" for arm, v in rp.items()]
     lines += [
         f"| parallel sweep speed-up, 2 arms x 4 seeds x {args.sweep_epochs} epochs: sequential {sw['sequential']:.1f} s"
