@@ -51,6 +51,7 @@ class SweepStatus(Callback):
             os.close(fd)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        _release_idle_workers()
         token = os.environ.pop(TOKEN_ENV, None)
         counts = Counter(sweep_counts(Path(config.hydra.sweep.dir), token))
         total = sum(counts.values())
@@ -62,6 +63,22 @@ class SweepStatus(Callback):
             log.error("%d run(s) failed and %d rejected: see the log above, and each failed run's results.json "
                       "and traceback.txt in %s", counts["failed"], counts["rejected"], config.hydra.sweep.dir)
             sys.exit(1)
+
+
+def _release_idle_workers() -> None:
+    """End the joblib launcher's worker processes now that every job has returned (its records are
+    written). Left to loky's exit handler, the parent waits ~2 s for idle workers that hold torch and
+    Lightning to wind down: 7% of a 2-job sweep of eight 5-s runs."""
+    reusable = sys.modules.get("joblib.externals.loky.reusable_executor")
+    # the executor joblib used (loky keeps one per process); get_reusable_executor() would not do:
+    # called with other arguments it replaces that executor, waiting for its workers
+    executor = getattr(reusable, "_executor", None)
+    if executor is None:  # the launcher was not joblib: nothing to release
+        return
+    try:
+        executor.shutdown(wait=False, kill_workers=True)
+    except Exception as e:  # never let clean-up hide the sweep's summary
+        log.debug("could not release the joblib workers: %s", e)
 
 
 def sweep_counts(sweep_dir: Path, token: str | None) -> list[str]:
