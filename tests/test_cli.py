@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, cli, python, tiny
 
 
@@ -155,6 +157,15 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     assert resumed["history"] == uninterrupted["history"]
     assert resumed["metrics"] == uninterrupted["metrics"]
     assert not list(killed.rglob("last.ckpt"))  # removed once the record is written
+    # TensorBoard shows every epoch once, with the values of the uninterrupted run (its reader drops the
+    # steps the killed process logged after its checkpoint, as they restart from there)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run in (killed, tmp_path / "whole"):
+        tb = EventAccumulator(str(next(run.rglob("tb")))).Reload()
+        scalars = tb.Scalars("val/acc")
+        assert [e.step for e in scalars] == list(range(40)), run
+        assert [e.value for e in scalars] == pytest.approx(uninterrupted["history"]["val/acc"], abs=1e-6)
 
 
 def test_replicas_write_one_ordinary_record_per_seed_and_pool_with_separate_runs(tmp_path):
