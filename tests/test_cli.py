@@ -146,6 +146,14 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert list(killed.rglob("last.ckpt")) and not list(killed.rglob("results.json"))
+    # what the killed process may have logged after its checkpoint, made certain: the next epoch, with a
+    # value no run produces (whether it really got that far and flushed depends on timing)
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    (ckpt,) = killed.rglob("last.ckpt")
+    with SummaryWriter(str(next(killed.rglob("tb")))) as writer:
+        writer.add_scalar("val/acc", -1.0, torch.load(ckpt, weights_only=False)["epoch"] + 1)
 
     r = cli(*args, f"runs_root={killed}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -157,8 +165,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     assert resumed["history"] == uninterrupted["history"]
     assert resumed["metrics"] == uninterrupted["metrics"]
     assert not list(killed.rglob("last.ckpt"))  # removed once the record is written
-    # TensorBoard shows every epoch once, with the values of the uninterrupted run (its reader drops the
-    # steps the killed process logged after its checkpoint, as they restart from there)
+    # TensorBoard shows every epoch once, with the values of the uninterrupted run: the epochs the killed
+    # process logged after its checkpoint are purged (without purge_step, an epoch it logged just before
+    # the kill appeared twice), the ones before it were flushed when the checkpoint was saved
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     for run in (killed, tmp_path / "whole"):

@@ -225,6 +225,13 @@ def _remove_if_empty(path: Path) -> None:
             return
 
 
+def _checkpoint_epoch(path: Path) -> int:
+    """The (0-based) epoch at whose end the resumable checkpoint `path` was saved."""
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+
+
 def pick_device(accelerator: str) -> str:
     import torch
 
@@ -280,7 +287,11 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     callbacks = [*reg.callbacks, best, history, guard, EpochProgress(rc.trainer.progress_every, run_dir.name)]
     if rc.trainer.checkpoint_every:  # last: it saves the state the callbacks above updated this epoch
         callbacks.append(PeriodicCheckpoint(run_dir / CHECKPOINT_DIR / "last.ckpt", rc.trainer.checkpoint_every))
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    # a resumed run logs again from the epoch after its checkpoint: purge_step makes TensorBoard drop
+    # what the interrupted process wrote from there on (its reader drops a restart only when the step
+    # goes back, not when it repeats the last one), so each epoch appears once in the curves
+    purge = {"purge_step": _checkpoint_epoch(resume) + 1} if resume is not None else {}
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False, **purge)
     trainer = pl.Trainer(
         max_epochs=rc.trainer.max_epochs, accelerator="gpu" if device == "cuda" else device,
         devices=rc.trainer.devices, precision=rc.trainer.precision, deterministic=rc.trainer.deterministic,

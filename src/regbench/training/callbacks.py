@@ -123,6 +123,8 @@ class PeriodicCheckpoint(pl.Callback):
         if (trainer.current_epoch + 1) % self.every:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for logger in trainer.loggers:  # flush: the curves up to the checkpoint must outlive a kill, as it does
+            logger.save()
         tmp = self.path.with_suffix(".tmp")
         trainer.save_checkpoint(tmp)
         os.replace(tmp, self.path)  # a kill mid-save leaves the previous checkpoint intact
