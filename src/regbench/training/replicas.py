@@ -22,9 +22,10 @@ the model's own ``flatten(1)``).
   on the CPU than a grouped convolution, whose small groups run no faster than S separate ones;
 * a Conv2d is one grouped ``conv2d`` (groups = S) of the [B, S * C, H, W] view (:func:`_conv2d`).
   The document's CNN (seed_cnn, 2.2M parameters) is arithmetic-bound on a CPU: stacking it saves
-  nothing there (0.9x the seed-steps/s of separate runs on the 2-core reference machine, the grouped
-  kernel being a little slower than S plain ones); on a GPU, where a separate run is launch-bound,
-  it is the stacking that pays (``benchmarks/gpu_check.sh``).
+  nothing there (0.83x the training seconds of separate runs over the study's seed_cnn groups,
+  experiments/dropout_vs_early_stopping_replicas/agreement.md; the grouped kernel is a little slower
+  than S plain ones, and a per-replica loop or an im2col gather were slower still); on a GPU, where a
+  separate run is launch-bound, stacking it pays (5.6x, benchmarks/gpu/gpu_study_settings.md).
 
 The optimizer is a plain (fused) ``torch.optim`` one on 2 tensors per layer.
 
@@ -37,8 +38,8 @@ Why the replicas stay independent
       ``app.make_optimizer``) are elementwise, so on stacked tensors they are the separate
       optimizers side by side;
     * max-norm: ``torch.renorm`` of every (replica, unit) row, the separate run's op per row;
-    * dropout: the regbench dropout modules of the model, applied to [S, H, B] (or [S, C, *spatial, B]) activations,
-      draw i.i.d. masks per element, hence independent across replicas (one generator seeded
+    * dropout: the regbench dropout modules of the model, applied to [S, H, B] (or [S, C, *spatial,
+      B]) activations, draw i.i.d. masks per element, hence independent across replicas (one generator seeded
       from the seed list: a stacked group is reproducible, but its masks are not the masks a
       separate run would draw, so with dropout on replicas agree with separate runs in
       distribution, not bit for bit);
