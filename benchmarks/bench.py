@@ -125,7 +125,8 @@ def gpu_section() -> list[str]:
     out = ["## GPU (from benchmarks/gpu/, written by `benchmarks/gpu_check.sh`; not rerun by `make bench`)", ""]
     if found:
         out += ["| measure | value | goal |", "|---|---|---|",
-                f"| replicas on the GPU: {found.group(1)} stacked / one separate run, steps/s | {found.group(2)}x | "
+                f"| replicas on the GPU: {found.group(1)} stacked / one separate run, steps/s (training loop) | "
+                f"{found.group(2)}x | "
                 f">= 300x |", ""]
     for f in (scaling, seeds10, study):
         if f.exists():

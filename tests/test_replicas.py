@@ -331,6 +331,13 @@ def test_dropout_on_conv_maps_uses_the_conv_rate_and_is_stacked(small):
         handle.remove()
     # the share of live units dropped: 0.25 within ~5 binomial standard errors (n >= ~10^4 live units per layer)
     assert len(seen) == 3 and all(abs(f - 0.25) < 0.025 for f in seen), seen
+    # masks differ between replicas: two replicas of one seed (the same weights) given the same batch
+    twins = R.build_stack([4, 4], "cnn1d", KWARGS["cnn1d"], (40,), 10, reg)
+    x = small.x_train[:100].unsqueeze(0).expand(2, -1, -1)
+    with torch.no_grad():
+        out = twins(x, train=True)
+        assert torch.equal(*twins(x, train=False))  # without dropout they agree exactly
+    assert not torch.allclose(out[0], out[1])
 
 
 # ------------------------------------------------------------------------------------ per-replica stopping

@@ -22,6 +22,13 @@ def test_idle_joblib_workers_are_ended_when_the_sweep_ends():
 
 
 def test_nothing_to_release_without_joblib(monkeypatch):
+    """Another launcher: loky never imported (it is not imported here either), or imported but idle."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "joblib.externals.loky.reusable_executor")
+    _release_idle_workers()
+    assert "joblib.externals.loky.reusable_executor" not in sys.modules
+    monkeypatch.undo()
     monkeypatch.setattr(reusable_executor, "_executor", None)
     _release_idle_workers()  # no executor: returns without starting one
     assert reusable_executor._executor is None

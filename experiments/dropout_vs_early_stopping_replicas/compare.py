@@ -11,9 +11,11 @@ arm's stacked mean and CI against its separate one) beside this file.
 """
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
+from scipy.stats import norm
 
 HERE = Path(__file__).resolve().parent
 SEPARATE = HERE.parent / "dropout_vs_early_stopping"
@@ -96,6 +98,13 @@ def main() -> str:
         lines += [f"| {r.setting} | {r.regularizer} | {r.test_acc_mean_sep:.4f} [{r.test_acc_ci95_low_sep:.4f}, "
                   f"{r.test_acc_ci95_high_sep:.4f}] | {r.test_acc_mean_rep:.4f} [{r.test_acc_ci95_low_rep:.4f}, "
                   f"{r.test_acc_ci95_high_rep:.4f}] |" for r in m[~m.overlap].itertuples()]
+    expected = 2 * norm.cdf(1.96 / math.sqrt(2)) - 1      # |mean_1 - mean_2| < one CI half-width
+    overlap_expected = 2 * norm.cdf(2 * 1.96 / math.sqrt(2)) - 1  # ... < the sum of both half-widths
+    lines += ["", f"If the two engines draw from one distribution, a stacked mean falls inside the separate-run CI "
+                  f"with probability P(|Z| < 1.96/sqrt(2)) = {expected:.0%} (equal seeds and spread; the difference "
+                  f"of two means has sqrt(2) times the standard error of one): {int(tot.inside)} of {int(tot.arms)} "
+                  f"here ({tot.inside / tot.arms:.0%}). Two 95% CIs of one distribution overlap with probability "
+                  f"{overlap_expected:.1%}, so the overlap count alone is weak evidence."]
     lines += ["", "Training seconds are the recorded fit time of every ok run (a stacked record carries 1/S of its "
                   "group's), summed per setting; they leave out start-up, data loading and the final evaluation, "
                   "which the wall-clock line includes."]

@@ -318,6 +318,9 @@ class StackedNet:
         for op in ops:
             if op.kind == "layer":
                 w, b, m = self.weights[op.arg], self.biases[op.arg], self.modules[op.arg]
+                if sizes is not None and h.dim() > 3:  # the copy a conv map's layer makes of it: the im2col
+                    # patches of a Conv1d (k x the map), the permuted map of a Conv2d or a flatten
+                    sizes.append(h[0].numel() // h.shape[-1] * (m.kernel_size[0] if isinstance(m, nn.Conv1d) else 1))
                 if isinstance(m, nn.Linear):
                     # W h + b: [S, out, B]; a conv map [S, C, *spatial, B] is flattened first
                     h = torch.baddbmm(b, w, h.reshape(h.shape[0], -1, h.shape[-1]))
@@ -337,7 +340,8 @@ class StackedNet:
         return h
 
     def layer_sizes(self, input_shape: tuple[int, ...]) -> list[int]:
-        """Per example and replica, the number of values each layer outputs (for the memory estimate)."""
+        """Per example and replica, the number of values each layer outputs, and before each layer
+        that takes a conv map, the size of the copy it makes of its input (for the memory estimate)."""
         sizes: list[int] = []
         with torch.no_grad():
             one = self._like([w[:1] for w in self.weights], [b[:1] for b in self.biases])
@@ -440,9 +444,10 @@ def estimate_bytes(S: int, *, param_count: int, activation_width: int, batch_siz
     per replica:
         parameters x (weights + gradient + optimizer state (Adam 2, SGD 1) + final copy
                       + best copy if restoring)
-        training activations: 4 floats per hidden unit per example of the batch (pre-activation,
-            activation, dropout mask, gradient), ``activation_width`` = sum of the layer widths,
-            plus the gathered input batch
+        training activations: 4 floats per hidden value per example of the batch (pre-activation,
+            activation, dropout mask, gradient), ``activation_width`` = the sum of ``layer_sizes``:
+            every layer's output values plus the input copies of the layers that take conv maps
+            (im2col patches, permuted maps, flattened maps), plus the gathered input batch
         evaluation activations: 3 floats x ``widest`` x ``eval_chunk``
         the epoch's batch order and predictions: 2 int64 per training example
     The data itself is not counted (one copy, shared by all replicas).
