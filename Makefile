@@ -35,23 +35,24 @@ tables: $(STAMP)  ## regenerate every report from the records on disk (no traini
 bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> benchmarks/results.md
 	$(PY) benchmarks/bench.py
 
+# $(call timed_study,TARGET,EXPERIMENT,FOLDER,REPORT): the presets EXPERIMENT and EXPERIMENT_sanity,
+# their wall-clock time written to FOLDER/timing.json, then REPORT; the sweeps' exit status is kept
+define timed_study
+	@start=$$(date +%s); \
+	$(PY) run.py -m experiment=$(2) && \
+	$(PY) run.py -m experiment=$(2)_sanity; status=$$?; \
+	printf '{"seconds": %d, "command": "make $(1)", "machine": "%s, %s cores"}\n' \
+	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" > $(3)/timing.json; \
+	$(4) && exit $$status
+endef
+
 STUDY := experiments/dropout_vs_early_stopping
 study: $(STAMP)   ## the dropout-vs-early-stopping study from scratch (runs already on disk are skipped)
-	@start=$$(date +%s); \
-	$(PY) run.py -m experiment=dropout_vs_early_stopping && \
-	$(PY) run.py -m experiment=dropout_vs_early_stopping_sanity; status=$$?; \
-	printf '{"seconds": %d, "command": "make study", "machine": "%s, %s cores"}\n' \
-	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" > $(STUDY)/timing.json; \
-	$(PY) -m regbench.study $(STUDY) && exit $$status
+	$(call timed_study,study,dropout_vs_early_stopping,$(STUDY),$(PY) -m regbench.study $(STUDY))
 
 REPLICAS := experiments/dropout_vs_early_stopping_replicas
 study-replicas: $(STAMP)   ## the same study with stacked replicas (10 seeds per model), timed, then compared with it
-	@start=$$(date +%s); \
-	$(PY) run.py -m experiment=dropout_vs_early_stopping_replicas && \
-	$(PY) run.py -m experiment=dropout_vs_early_stopping_replicas_sanity; status=$$?; \
-	printf '{"seconds": %d, "command": "make study-replicas", "machine": "%s, %s cores"}\n' \
-	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" > $(REPLICAS)/timing.json; \
-	$(PY) $(REPLICAS)/compare.py && exit $$status
+	$(call timed_study,study-replicas,dropout_vs_early_stopping_replicas,$(REPLICAS),$(PY) $(REPLICAS)/compare.py)
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
