@@ -459,3 +459,24 @@ def test_stacked_and_separate_runs_agree_in_distribution(arm, tmp_path):
     diff = statistics.mean(st) - statistics.mean(sep)
     se = math.sqrt(statistics.variance(st) / len(st) + statistics.variance(sep) / len(sep))
     assert abs(diff) < 3 * se, (diff, se, statistics.mean(st), statistics.mean(sep))
+
+
+@pytest.mark.parametrize("model", ["cnn1d", "seed_cnn"])
+def test_the_memory_estimate_covers_what_a_conv_training_step_keeps_for_backward(model):
+    """The activation term of estimate_bytes (4 floats per value of layer_sizes, plus the input batch)
+    is at least the bytes autograd saves for the backward pass of a stacked training step."""
+    S, B = 2, 100
+    stack = R.build_stack([0, 1], model, KWARGS[model], SHAPES[model], 10, reg_for("dropout"))
+    act_width, _, in_features = R._widths(stack, SHAPES[model])
+    params = {p.data_ptr() for p in stack.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(S, B, *SHAPES[model])
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        torch.nn.functional.cross_entropy(stack(x, train=True), torch.zeros(S, B, dtype=torch.long))
+    assert sum(saved.values()) <= S * 4 * B * (4 * act_width + in_features), (sum(saved.values()), act_width)
