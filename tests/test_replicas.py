@@ -231,9 +231,14 @@ def test_a_stacked_record_matches_app_train_of_the_same_seed(tmp_path):
                   "restored_best", "steps", "diverged_epoch", "error"):
             assert r[k] == ref[k], k
         assert r["history"]["epoch"] == ref["history"]["epoch"]
+        # The engines round differently (bmm vs mm) and training amplifies the last bits epoch by
+        # epoch (on one x86 CPU val/loss was 2e-3 apart by epoch 13), so the early epochs are held
+        # tight and the later ones to 1%; a wrong engine (lr, init, batch order, objective) is off
+        # from the first epoch.
         for k in ("train/loss", "train/acc", "val/loss", "val/acc"):
-            assert r["history"][k] == pytest.approx(ref["history"][k], abs=1e-4), k
-        assert r["metrics"] == pytest.approx(ref["metrics"], abs=1e-4)
+            assert r["history"][k][:5] == pytest.approx(ref["history"][k][:5], abs=1e-4), k
+            assert r["history"][k] == pytest.approx(ref["history"][k], rel=1e-2), k
+        assert r["metrics"] == pytest.approx(ref["metrics"], abs=1e-3)
         if "mechanism" in ref["extra"]:  # measured on the replica's final (restored) weights
             mine, theirs = r["extra"]["mechanism"], ref["extra"]["mechanism"]
             assert mine.keys() == theirs.keys()
