@@ -12,11 +12,18 @@ def test_idle_joblib_workers_are_ended_when_the_sweep_ends():
     pids = Parallel(n_jobs=2, backend="loky")(delayed(os.getpid)() for _ in range(4))
     executor = reusable_executor._executor
     workers = list(executor._processes.values())
+    manager = executor._executor_manager_thread
     assert workers and {p.pid for p in workers} >= set(pids) - {os.getpid()}
     _release_idle_workers()
+    # loky's manager thread kills and reaps the workers. Not p.join() / p.is_alive() here: a second
+    # thread waiting on the same child races it, and multiprocessing reports a child that the other
+    # thread reaped first as alive (waitpid fails with ECHILD and poll() returns None): on a loaded
+    # machine this test failed that way. Wait for the reaper instead, then read what it recorded.
+    manager.join(timeout=30)
+    assert not manager.is_alive()
     for p in workers:
-        p.join(timeout=10)
-        assert not p.is_alive()
+        assert p.exitcode is not None  # reaped: the worker is gone
+        assert not os.path.exists(f"/proc/{p.pid}")
     # joblib starts a fresh executor for the next sweep in the same process
     assert sorted(Parallel(n_jobs=2, backend="loky")(delayed(abs)(-i) for i in range(3))) == [0, 1, 2]
 
