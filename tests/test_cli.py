@@ -153,7 +153,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
 
     (ckpt,) = killed.rglob("last.ckpt")
     with SummaryWriter(str(next(killed.rglob("tb")))) as writer:
-        writer.add_scalar("val/acc", -1.0, torch.load(ckpt, weights_only=False)["epoch"] + 1)
+        writer.add_scalar("val/acc", -1.0, torch.load(ckpt, weights_only=True)["epoch"] + 1)
 
     r = cli(*args, f"runs_root={killed}")
     assert r.returncode == 0, r.stderr[-3000:]

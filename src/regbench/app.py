@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 import regbench
 
 from regbench.config import ConfigError, RunConfig, validate
-from regbench.naming import group_hash, run_id
+from regbench.naming import config_hash, group_hash, run_id
 from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
-from regbench.rundir import CHECKPOINT_DIR, RunLock, clean_partial, last_checkpoint
+from regbench.rundir import CHECKPOINT_DIR, RunLock, clean_partial, load_checkpoint, resumable_checkpoint
 
 log = logging.getLogger("regbench")
 
@@ -163,8 +163,14 @@ def run_replicas(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
             _remove_if_empty(d)
 
 
+def checkpoint_owner(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
+    """What a run's checkpoints are stamped with, and must carry to be resumed from."""
+    return {"run_id": run_dir.name, "config_hash": config_hash(cfg)}
+
+
 def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
-    resume = last_checkpoint(run_dir) if rc.trainer.checkpoint_every else None
+    owner = checkpoint_owner(cfg, run_dir)
+    resume = resumable_checkpoint(run_dir, owner) if rc.trainer.checkpoint_every else None
     if resume is None:
         clean_partial(run_dir)
     handler = logging.FileHandler(run_dir / "run.log")
@@ -174,7 +180,8 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     record = _base_record(cfg, rc, run_dir)
     try:
         record.update(train(rc, run_dir, data_keys=[k for k in cfg.data if k != "name"],
-                            model_keys=[k for k in cfg.model if k != "name"], resume=resume))
+                            model_keys=[k for k in cfg.model if k != "name"], resume=resume,
+                            checkpoint_owner=owner))
     except REJECTED as e:  # bad input found while building (arm/model/data mismatch): nothing is recorded
         clean_partial(run_dir)
         (run_dir / "run.log").unlink(missing_ok=True)
@@ -227,9 +234,7 @@ def _remove_if_empty(path: Path) -> None:
 
 def _checkpoint_epoch(path: Path) -> int:
     """The (0-based) epoch at whose end the resumable checkpoint `path` was saved."""
-    import torch
-
-    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    return int(load_checkpoint(path)["epoch"])
 
 
 def pick_device(accelerator: str) -> str:
@@ -245,8 +250,11 @@ def pick_device(accelerator: str) -> str:
 
 
 def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[str],
-          resume: Path | None = None) -> dict[str, Any]:
+          resume: Path | None = None, checkpoint_owner: dict[str, str] | None = None) -> dict[str, Any]:
     """Build everything from the validated config, train, test; return the record's measured fields.
+
+    `resume`: a checkpoint already checked to belong to this run (`rundir.resumable_checkpoint`);
+    it is loaded with `weights_only=True`. `checkpoint_owner` stamps the checkpoints this run saves.
 
     Only the keys a data / model YAML sets are passed to its builder (the schema knows the keys of
     every dataset and model; each builder takes its own).
@@ -286,7 +294,8 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     history, guard = History(), DivergenceGuard()
     callbacks = [*reg.callbacks, best, history, guard, EpochProgress(rc.trainer.progress_every, run_dir.name)]
     if rc.trainer.checkpoint_every:  # last: it saves the state the callbacks above updated this epoch
-        callbacks.append(PeriodicCheckpoint(run_dir / CHECKPOINT_DIR / "last.ckpt", rc.trainer.checkpoint_every))
+        callbacks.append(PeriodicCheckpoint(run_dir / CHECKPOINT_DIR / "last.ckpt", rc.trainer.checkpoint_every,
+                                            owner=checkpoint_owner))
     # a resumed run logs again from the epoch after its checkpoint: purge_step makes TensorBoard drop
     # what the interrupted process wrote from there on (its reader drops a restart only when the step
     # goes back, not when it repeats the last one), so each epoch appears once in the curves
@@ -306,7 +315,8 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     t1 = time.perf_counter()
     if resume is not None:
         log.info("%s: resuming from %s", run_dir.name, resume)
-    trainer.fit(module, train_dataloaders=epochs, ckpt_path=str(resume) if resume else None)
+    # weights_only=True: Lightning's own resume load must not unpickle arbitrary objects either
+    trainer.fit(module, train_dataloaders=epochs, ckpt_path=str(resume) if resume else None, weights_only=True)
     train_seconds = time.perf_counter() - t1
     net.to(device)  # Lightning's teardown moves the module back to the CPU; the data stay on `device`
 

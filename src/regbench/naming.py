@@ -56,6 +56,11 @@ def group_hash(cfg: DictConfig | dict) -> str:
     return short_hash(d)
 
 
+def config_hash(cfg: DictConfig | dict) -> str:
+    """Hash of every result-changing key (a checkpoint carries it: only the same config resumes it)."""
+    return short_hash(result_config(cfg), 16)
+
+
 def run_id(cfg: DictConfig | dict) -> str:
     d = result_config(cfg)
     parts = [str(d["data"]["name"]), str(d["model"]["name"]), str(d["regularizer"]["name"])]

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
+REFUSED_DIR = "refused"        # checkpoints that were not resumed from, kept as evidence
+OWNER_KEY = "regbench_owner"   # in a checkpoint: {"run_id", "config_hash"} of the run that wrote it
+
+log = logging.getLogger("regbench")
 
 
 class RunLock:
@@ -60,6 +67,45 @@ class RunLock:
 def last_checkpoint(run_dir: Path) -> Path | None:
     p = run_dir / CHECKPOINT_DIR / "last.ckpt"
     return p if p.exists() else None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, unpickled with `weights_only=True`: tensors and plain types only, so a
+    planted file cannot run code (torch refuses any other object before creating it)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_problem(path: Path, owner: dict[str, str]) -> str | None:
+    """Why the checkpoint at `path` must not be resumed from by the run `owner`, or None if it may:
+    unreadable (truncated, not a checkpoint, or holding objects other than tensors and plain types),
+    or written by another run (its run id or config hash differ)."""
+    try:
+        ckpt = load_checkpoint(path)
+        found = ckpt.get(OWNER_KEY) if isinstance(ckpt, dict) else None
+        int(ckpt["epoch"])
+    except Exception as e:  # any failure to read it is a reason to start fresh, never to crash
+        return f"it cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+    if found != owner:
+        return f"it belongs to another run ({found!r}, expected {owner!r})"
+    return None
+
+
+def resumable_checkpoint(run_dir: Path, owner: dict[str, str]) -> Path | None:
+    """The run's checkpoint if it is safe to resume from; a foreign or corrupt one is moved aside to
+    `<run>/refused/` with a warning naming it, and None is returned: the run starts fresh."""
+    path = last_checkpoint(run_dir)
+    if path is None:
+        return None
+    problem = checkpoint_problem(path, owner)
+    if problem is None:
+        return path
+    aside = run_dir / REFUSED_DIR / f"last-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.ckpt"
+    aside.parent.mkdir(exist_ok=True)
+    os.replace(path, aside)
+    log.warning("not resuming from %s: %s; moved it to %s and starting the run fresh", path, problem, aside)
+    return None
 
 
 def clean_partial(run_dir: Path) -> None:

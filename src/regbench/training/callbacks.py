@@ -11,6 +11,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from regbench.rundir import OWNER_KEY
+
 log = logging.getLogger("regbench")
 
 
@@ -110,14 +112,19 @@ class EpochProgress(pl.Callback):
 
 class PeriodicCheckpoint(pl.Callback):
     """Save a resumable checkpoint (weights, optimizer, loops, callback states, RNG) every `every`
-    epochs, atomically, to `path`. It must come after the callbacks whose state it saves.
+    epochs, atomically, to `path`, stamped with `owner` (the run id and config hash it belongs to).
+    It must come after the callbacks whose state it saves.
 
     Lightning's ModelCheckpoint keys its saving on `global_step`, which counts optimizer steps that
     Lightning itself took; here the steps run inside the epoch loop, so it would never save.
     """
 
-    def __init__(self, path: Path, every: int):
-        self.path, self.every = Path(path), every
+    def __init__(self, path: Path, every: int, owner: dict[str, str] | None = None):
+        self.path, self.every, self.owner = Path(path), every, dict(owner or {})
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # whose checkpoint it is (run id, config hash): a copy in another run's folder is refused there
+        checkpoint[OWNER_KEY] = dict(self.owner)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every:
@@ -126,5 +133,5 @@ class PeriodicCheckpoint(pl.Callback):
         for logger in trainer.loggers:  # flush: the curves up to the checkpoint must outlive a kill, as it does
             logger.save()
         tmp = self.path.with_suffix(".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the whole training state (not only weights)
         os.replace(tmp, self.path)  # a kill mid-save leaves the previous checkpoint intact
