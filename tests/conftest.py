@@ -43,6 +43,12 @@ def python(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict | None = 
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def raising(*seeds: int) -> dict[str, str]:
+    """Environment for `cli(..., env=...)` in which training raises for `seeds` (tests/faults/sitecustomize.py)."""
+    path = os.pathsep.join(p for p in (str(ROOT / "tests" / "faults"), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "REGBENCH_TEST_RAISE_SEEDS": ",".join(map(str, seeds))}
+
+
 def tiny(*extra: str) -> list[str]:
     """Overrides for a run of a few seconds: 3 epochs, quiet."""
     return ["trainer.max_epochs=3", "trainer.progress_every=0", *extra]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli, python, tiny
+from conftest import ROOT, cli, python, raising, tiny
 
 
 def records(root: Path) -> dict[str, dict]:
@@ -58,18 +58,18 @@ def test_sweep_writes_one_record_per_run_a_report_and_reruns_nothing(tmp_path):
 
 
 def test_a_diverging_and_a_failing_run_do_not_stop_their_siblings(tmp_path):
-    # lr 1e6 diverges; train_size larger than the data raises inside the run
-    r = cli("-m", "optim=sgd", "optim.lr=0.05,1e6", "data.train_size=100,99999", *tiny(), f"runs_root={tmp_path}")
+    # lr 1e6 diverges; seed 1 raises inside the run (injected: bad input is refused before a run starts)
+    r = cli("-m", "optim=sgd", "optim.lr=0.05,1e6", "seed=0,1", *tiny(), f"runs_root={tmp_path}", env=raising(1))
     assert r.returncode == 1, "a sweep in which a run failed must exit non-zero"
     recs = records(tmp_path)
     assert len(recs) == 4
-    status = {(x["config"]["optim"]["lr"], x["config"]["data"]["train_size"]): x for x in recs.values()}
-    assert status[(0.05, 100)]["status"] == "ok"
-    diverged = status[(1e6, 100)]
+    status = {(x["config"]["optim"]["lr"], x["seed"]): x for x in recs.values()}
+    assert status[(0.05, 0)]["status"] == "ok"
+    diverged = status[(1e6, 0)]
     assert diverged["status"] == "diverged" and diverged["epochs_trained"] == diverged["diverged_epoch"] + 1
     for lr in (0.05, 1e6):
-        failed = status[(lr, 99999)]
-        assert failed["status"] == "failed" and "train_size=99999" in failed["error"]
+        failed = status[(lr, 1)]
+        assert failed["status"] == "failed" and "injected failure" in failed["error"]
         run_dir = next(p.parent for p in tmp_path.rglob("results.json") if json.loads(p.read_text()) == failed)
         assert "Traceback" in (run_dir / "traceback.txt").read_text()
     assert "1 ok, 1 diverged, 2 failed" in r.stderr
@@ -224,9 +224,9 @@ def test_sigterm_mid_run_exits_non_zero_and_writes_no_record(tmp_path):
 
 
 def test_a_failing_replica_group_records_each_seed_as_failed(tmp_path):
-    r = cli("-m", "replicas=2", "data.train_size=99999", *tiny(), f"runs_root={tmp_path}")
+    r = cli("-m", "replicas=2", *tiny(), f"runs_root={tmp_path}", env=raising(0))
     assert r.returncode == 1
     recs = records(tmp_path)
     assert sorted(x["seed"] for x in recs.values()) == [0, 1]
-    assert all(x["status"] == "failed" and "train_size=99999" in x["error"] for x in recs.values())
+    assert all(x["status"] == "failed" and "injected failure" in x["error"] for x in recs.values())
     assert "2 failed" in r.stderr or "1 failed" in r.stderr

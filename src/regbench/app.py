@@ -60,6 +60,10 @@ def run(cfg: DictConfig) -> str:
                 return "skipped"
         except ValueError as e:
             log.warning("%s; rerunning", e)
+    try:  # before the lock and any file: a run its data refuse leaves nothing behind
+        data = load_checked_data(rc, [k for k in cfg.data if k != "name"])
+    except _rejected() as e:
+        return _reject(e, run_dir)
     lock = RunLock(run_dir)
     if not lock.acquire():
         log.info("skipping %s: another process is running it (%s)", run_dir.name, lock.owner())
@@ -68,7 +72,7 @@ def run(cfg: DictConfig) -> str:
         if not rc.force and _is_done(run_dir):  # finished by another process since the check above
             log.info("skipping %s: results.json says ok (force=true reruns it)", run_dir.name)
             return "skipped"
-        return _run_locked(cfg, rc, run_dir)
+        return _run_locked(cfg, rc, run_dir, data)
     except SystemExit as e:
         _exit_on_sigterm(e)
         raise
@@ -168,7 +172,27 @@ def checkpoint_owner(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
     return {"run_id": run_dir.name, "config_hash": config_hash(cfg)}
 
 
-def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
+def load_checked_data(rc: RunConfig, data_keys: list[str]):
+    """The run's data, loaded before any folder or record is written, and the checks that need them:
+    sizes against the dataset (val_size, train_size in `make_splits`; batch_size here), and a data.root
+    that cannot be read or written. Raises ConfigError naming the key, the value and what is allowed."""
+    from regbench.data import DatasetFileError, build_data
+
+    try:
+        data = build_data(rc.data.name, **{k: getattr(rc.data, k) for k in data_keys})
+    except DatasetFileError as e:
+        raise ConfigError(f"data.root={rc.data.root!r}: {e}") from e
+    except OSError as e:  # a file where the folder should be, no permission, a full disk
+        raise ConfigError(f"data.root={rc.data.root!r} cannot hold the {rc.data.name} cache: {e}: "
+                          f"allowed a folder regbench can read and write") from e
+    n = len(data.y_train)
+    if rc.optim.batch_size > n:
+        raise ConfigError(f"optim.batch_size={rc.optim.batch_size} is out of range for {rc.data.name}: "
+                          f"allowed [1, {n}] (its training examples)")
+    return data
+
+
+def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path, data=None) -> str:
     owner = checkpoint_owner(cfg, run_dir)
     resume = resumable_checkpoint(run_dir, owner) if rc.trainer.checkpoint_every else None
     if resume is None:
@@ -181,7 +205,7 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     try:
         record.update(train(rc, run_dir, data_keys=[k for k in cfg.data if k != "name"],
                             model_keys=[k for k in cfg.model if k != "name"], resume=resume,
-                            checkpoint_owner=owner))
+                            checkpoint_owner=owner, data=data))
     except REJECTED as e:  # bad input found while building (arm/model/data mismatch): nothing is recorded
         clean_partial(run_dir)
         (run_dir / "run.log").unlink(missing_ok=True)
@@ -250,11 +274,13 @@ def pick_device(accelerator: str) -> str:
 
 
 def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[str],
-          resume: Path | None = None, checkpoint_owner: dict[str, str] | None = None) -> dict[str, Any]:
+          resume: Path | None = None, checkpoint_owner: dict[str, str] | None = None,
+          data=None) -> dict[str, Any]:
     """Build everything from the validated config, train, test; return the record's measured fields.
 
     `resume`: a checkpoint already checked to belong to this run (`rundir.resumable_checkpoint`);
     it is loaded with `weights_only=True`. `checkpoint_owner` stamps the checkpoints this run saves.
+    `data`: the DataSplits already loaded and checked by `load_checked_data` (else loaded here).
 
     Only the keys a data / model YAML sets are passed to its builder (the schema knows the keys of
     every dataset and model; each builder takes its own).
@@ -276,7 +302,7 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
         torch.set_num_threads(rc.trainer.threads)
     device = pick_device(rc.trainer.accelerator)
     data_kwargs = {k: getattr(rc.data, k) for k in data_keys}
-    data = build_data(rc.data.name, **data_kwargs).to(device)
+    data = (data if data is not None else build_data(rc.data.name, **data_kwargs)).to(device)
 
     r = rc.regularizer
     reg = build_regularization(r.name, dropout=r.dropout, early_stop=r.early_stop, weight_decay=r.weight_decay,

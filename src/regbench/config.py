@@ -30,19 +30,26 @@ class Interval:
     hi_closed: bool = True
 
     def __contains__(self, v: float) -> bool:
-        if isinstance(v, float) and math.isnan(v):
+        if isinstance(v, float) and not math.isfinite(v):  # inf too: every printed range excludes it
             return False
         above = v >= self.lo if self.lo_closed else v > self.lo
         below = v <= self.hi if self.hi_closed else v < self.hi
         return above and below
 
     def __str__(self) -> str:
-        hi = "inf" if self.hi == math.inf else f"{self.hi:g}"
+        hi = "inf" if self.hi == math.inf else _num(self.hi)
         closing = "]" if self.hi_closed and self.hi != math.inf else ")"
-        return f"{'[' if self.lo_closed else '('}{self.lo:g}, {hi}{closing}"
+        return f"{'[' if self.lo_closed else '('}{_num(self.lo)}, {hi}{closing}"
+
+
+def _num(v: float) -> str:
+    """4294967295 as such (a seed bound), 3.4e38 in short form."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e16 else f"{v:g}"
 
 
 INF = math.inf
+FLOAT32_MAX = 3.4028234663852886e38     # a larger learning rate or penalty is inf in the float32 update
+SEED_MAX = 2**32 - 1                    # Lightning's seed_everything (and numpy) take seeds in [0, 2**32 - 1]
 PROB = Interval(0, 1, True, False)          # a drop probability: p = 1 would drop everything
 POS_INT = Interval(1, INF)
 NONNEG = Interval(0, INF)
@@ -77,9 +84,11 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    hidden: Optional[int] = rng(POS_INT, None)
-    depth: Optional[int] = rng(POS_INT, None)
-    channels: Optional[int] = rng(POS_INT, None)
+    # caps far above any model of the benchmark, so that a typo (hidden=1000000000) is refused up front
+    # rather than by the allocator mid-run
+    hidden: Optional[int] = rng(Interval(1, 65536), None)
+    depth: Optional[int] = rng(Interval(1, 1000), None)
+    channels: Optional[int] = rng(Interval(1, 65536), None)
 
 
 # --------------------------------------------------------------------------------- regularizer
@@ -119,7 +128,7 @@ class RegularizerConfig:
     name: str = MISSING
     dropout: Optional[DropoutConfig] = None
     early_stop: Optional[EarlyStopConfig] = None
-    weight_decay: float = rng(NONNEG, 0.0)                # L2 penalty on weights (not biases)
+    weight_decay: float = rng(Interval(0, FLOAT32_MAX), 0.0)   # L2 penalty on weights (not biases)
     maxnorm: Optional[float] = rng(POS, None)             # c: ||w_unit||_2 <= c
     rdrop_alpha: Optional[float] = rng(POS, None)         # R-Drop consistency weight
     mc_samples: int = rng(NONNEG, 0)                      # MC dropout passes at test time
@@ -129,17 +138,17 @@ class RegularizerConfig:
 @dataclass
 class OptimConfig:
     name: str = one_of("adam", "sgd")
-    lr: float = rng(Interval(0, INF, False, True))
-    batch_size: int = rng(POS_INT)
+    lr: float = rng(Interval(0, FLOAT32_MAX, False, True))
+    batch_size: int = rng(POS_INT)        # and at most the training examples (checked once the data are loaded)
     momentum: float = rng(Interval(0, 1, True, False), 0.0)   # sgd only
 
 
 @dataclass
 class TrainerConfig:
     # Lightning Trainer arguments, Lightning's names, passed through unchanged
-    max_epochs: int = rng(POS_INT)
+    max_epochs: int = rng(Interval(1, 1_000_000))
     accelerator: str = one_of("auto", "cpu", "gpu", "cuda", "mps")
-    devices: Any = 1
+    devices: Any = 1                                  # a positive int, "auto" or a list of device indices
     # no 16-mixed: the steps run outside Lightning's optimizer wrapper, so no gradient scaler;
     # no 64-true: the data tensors stay float32
     precision: str = one_of("32-true", "bf16-mixed")
@@ -159,8 +168,8 @@ class RunConfig:
     regularizer: RegularizerConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
-    seed: int = rng(NONNEG)
-    name: str = MISSING                 # runs go to <runs_root>/<name>/<run id>
+    seed: int = rng(Interval(0, SEED_MAX))
+    name: str = MISSING                 # runs go to <runs_root>/<name>/<run id>; one folder name
     runs_root: str = MISSING
     force: bool = False                 # rerun a run whose results.json already says ok
     replicas: int = rng(POS_INT)        # >1: train seeds seed..seed+replicas-1 stacked in one model
@@ -181,8 +190,35 @@ def _check_ranges(obj: Any, path: str) -> None:
             raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(f.metadata['choices'])}")
 
 
+def check_name(name: Any) -> None:
+    """`name` is one folder name inside runs_root: not empty, no path separator, not '.' or '..'."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(f"name={name!r} is not allowed: a single folder name inside runs_root "
+                          f"(not empty, no '/', not '.' or '..')")
+
+
+def _check_devices(devices: Any) -> None:
+    ok = (devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
+          or (isinstance(devices, list) and devices and len(set(devices)) == len(devices)
+              and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in devices)))
+    if not ok:
+        raise ConfigError(f"trainer.devices={devices!r} is not allowed: a positive integer, auto, "
+                          f"or a list of distinct device indices (e.g. [0])")
+
+
+def _check_resize(resize: list[int] | None) -> None:
+    if resize is not None and (len(resize) != 2 or not all(1 <= v <= 4096 for v in resize)):
+        raise ConfigError(f"data.resize={list(resize)!r} is not allowed: [H, W] with H and W in [1, 4096], or null")
+
+
 def _require(cfg: RunConfig) -> None:
     """Cross-field rules: a component's options that its kind needs."""
+    check_name(cfg.name)
+    _check_devices(cfg.trainer.devices)
+    _check_resize(cfg.data.resize)
+    if cfg.seed + cfg.replicas - 1 > SEED_MAX:
+        raise ConfigError(f"seed={cfg.seed} with replicas={cfg.replicas}: the group's last seed "
+                          f"{cfg.seed + cfg.replicas - 1} is out of range: allowed [0, {SEED_MAX}]")
     d, e = cfg.regularizer.dropout, cfg.regularizer.early_stop
     if d is not None:
         if d.kind == "dropblock" and d.block_size is None:

@@ -65,14 +65,44 @@ def run_id(cfg: DictConfig | dict) -> str:
     d = result_config(cfg)
     parts = [str(d["data"]["name"]), str(d["model"]["name"]), str(d["regularizer"]["name"])]
     dropout = d["regularizer"].get("dropout")
-    if dropout:
-        parts.append(f"p{dropout['p']:g}")
+    if dropout:  # not yet validated (Hydra names the folder first): a bad p is refused later, not here
+        p = dropout["p"]
+        parts.append(f"p{p:g}" if isinstance(p, (int, float)) and not isinstance(p, bool) else f"p{p}")
     parts.append(f"s{d['seed']}")
     parts.append(short_hash(d))
     return "-".join(parts).replace("/", "_")
 
 
+def sweep_dir(runs_root: Any, name: Any) -> str:
+    """`<runs_root>/<name>`, checked before Hydra creates it: `name` is one folder name (so nothing is
+    written or removed outside runs_root) and runs_root is, or can become, a folder. Bad values end
+    the command with status 2 and the key, the value and what is allowed; nothing is created."""
+    import sys
+    from pathlib import Path
+
+    from regbench.config import ConfigError, check_name
+
+    try:
+        check_name(name)
+        root = Path(str(runs_root))
+        for p in (root / name, root, *root.parents):  # the nearest existing one must be a folder
+            if p.exists():
+                if not p.is_dir():
+                    key = "runs_root" if p != root / name else "name"
+                    raise ConfigError(f"{key}={str(runs_root if key == 'runs_root' else name)!r}: {p} "
+                                      f"exists and is not a folder: allowed a folder (or a path that can become one)")
+                break
+    except ConfigError as e:
+        print(f"regbench: invalid config: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return str(root / name)
+
+
 def register_resolvers() -> None:
-    """`${regbench_run_id:}` in hydra.run.dir / hydra.sweep.subdir (reads the whole config via _root_)."""
+    """`${regbench_run_id:}` in hydra.run.dir / hydra.sweep.subdir (reads the whole config via _root_);
+    `${regbench_sweep_dir:}`, the checked <runs_root>/<name>, in hydra.run.dir / hydra.sweep.dir."""
     if not OmegaConf.has_resolver("regbench_run_id"):
         OmegaConf.register_new_resolver("regbench_run_id", lambda *, _root_: run_id(_root_))
+    if not OmegaConf.has_resolver("regbench_sweep_dir"):
+        OmegaConf.register_new_resolver("regbench_sweep_dir",
+                                        lambda *, _root_: sweep_dir(_root_.runs_root, _root_.name))

@@ -7,6 +7,8 @@ cached as .npz under `root` (keyed by the generator seed).
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,19 @@ def generate(seed: int) -> dict[str, np.ndarray]:
     return {"x": d["x"], "y": d["y"], "x_test": d["x_test"], "y_test": d["y_test"]}
 
 
+def write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the .npz atomically under a name unique to this process and call (not from np.random,
+    which mnist1d has just seeded: every process would draw the same name and write into one file),
+    and remove the temp file when writing fails (a full disk leaves nothing behind)."""
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        tmp.replace(cache)  # atomic: concurrent runs never read a half-written cache
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def load_mnist1d(*, root: str, val_size: int, split_seed: int, train_size: int | None,
                  generator_seed: int) -> DataSplits:
     cache = Path(root) / f"mnist1d-seed{generator_seed}.npz"
@@ -30,10 +45,8 @@ def load_mnist1d(*, root: str, val_size: int, split_seed: int, train_size: int |
         with np.load(cache) as z:
             arrays = {k: z[k] for k in z.files}
     else:
+        cache.parent.mkdir(parents=True, exist_ok=True)  # first: an unusable root fails before the 2-s generation
         arrays = generate(generator_seed)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{np.random.randint(1 << 30)}.tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(cache)  # atomic: concurrent runs never read a half-written cache
+        write_cache(cache, arrays)
     return make_splits("mnist1d", arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"],
                        val_size=val_size, split_seed=split_seed, train_size=train_size, num_classes=10)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from regbench.config import ConfigError
+
 
 @dataclass
 class DataSplits:
@@ -80,11 +82,14 @@ def make_splits(
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise ValueError(f"{name}: inputs and labels differ in length "
                          f"(train {len(x_train)} vs {len(y_train)}, test {len(x_test)} vs {len(y_test)})")
+    if val_size >= len(y_train):
+        raise ConfigError(f"data.val_size={val_size} is out of range for {name}: allowed [1, {len(y_train) - 1}] "
+                          f"(its training split has {len(y_train)} examples, and some must remain to train on)")
     kept, held = split_off(y_train, val_size, split_seed)
     if train_size is not None:
         if train_size > len(kept):
-            raise ValueError(f"data.train_size={train_size} but only {len(kept)} training examples remain "
-                             f"after the {val_size}-example validation split")
+            raise ConfigError(f"data.train_size={train_size} is out of range for {name}: allowed [1, {len(kept)}] "
+                              f"(the training examples that remain after the {val_size}-example validation split)")
         kept = kept[stratified_take(y_train[kept], train_size, split_seed + 1)]
     xt = x_train[kept].astype(np.float32)
     mean, std = float(xt.mean()), float(xt.std()) or 1.0
