@@ -152,7 +152,7 @@ def test_corrupt_file_skipped_with_warning(sweep, caplog):
     assert str(bad) in caplog.text
     assert rep.n_runs == 12 and [p for p, _ in rep.skipped] == [bad]
     md = (sweep / "per_arm.md").read_text()
-    assert "12 runs read from 13 results.json files; 1 unreadable file(s) skipped" in md
+    assert "12 runs read from 13 results.json files; 1 records skipped (in no row)" in md
     assert "skipped broken/results.json" in md
     assert row(rep.per_arm, regularizer="none")["seeds_ok"] == 5
 

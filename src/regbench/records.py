@@ -34,10 +34,12 @@ Schema (version 1); every key is always present, `null` where it does not apply:
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from regbench.atomic import write_atomic
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -69,18 +71,8 @@ def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
         raise ValueError(f"record status must be one of {STATUSES}, got {record.get('status')!r}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / RESULTS_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True, allow_nan=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=True)  # before any file: a bad record writes nothing
+    return write_atomic(run_dir / RESULTS_FILE, text)
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
@@ -95,12 +87,74 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why `record` must not enter a table, or None: an unknown schema, a wrong type, a metric that is
+    non-finite in an ok run or out of range (accuracy outside [0, 1], a negative loss), a seed that is
+    not an integer, a history that is not numeric or whose columns differ in length."""
+    if record.get("schema") != SCHEMA_VERSION or isinstance(record.get("schema"), bool):
+        return f"schema {record.get('schema')!r} is not a known version (this regbench reads {SCHEMA_VERSION})"
+    if record.get("status") not in STATUSES:
+        return f"status {record.get('status')!r} is not one of {', '.join(STATUSES)}"
+    seed = record.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        return f"seed {seed!r} is not a non-negative integer"
+    for key in ("run_id", "data", "model", "regularizer", "group_hash"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            return f"{key} {record.get(key)!r} is not a name"
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict):
+        return f"metrics {metrics!r} is not a mapping"
+    ok = record["status"] == "ok"
+    for key in METRIC_KEYS:
+        v = metrics.get(key)
+        if v is None and not ok:
+            continue
+        if not _number(v):
+            return f"metrics.{key}={v!r} is not a number"
+        if not math.isfinite(v):
+            if ok:
+                return f"metrics.{key}={v!r} is not finite in an ok run"
+            continue
+        if key.endswith("/acc") and not 0 <= v <= 1:
+            return f"metrics.{key}={v!r} is out of range: an accuracy is in [0, 1]"
+        if key.endswith("/loss") and v < 0:
+            return f"metrics.{key}={v!r} is out of range: a loss is >= 0"
+    history = record.get("history")
+    if not isinstance(history, dict) or not all(isinstance(history.get(k), list) for k in HISTORY_KEYS):
+        return f"history lacks the lists {', '.join(HISTORY_KEYS)}"
+    lengths = {k: len(history[k]) for k in HISTORY_KEYS}
+    if len(set(lengths.values())) > 1:
+        return f"history columns differ in length ({', '.join(f'{k} {n}' for k, n in lengths.items())})"
+    for k in HISTORY_KEYS:
+        bad = next((v for v in history[k] if not (_number(v) or (v is None and k != "epoch"))), "none")
+        if bad != "none" or (k == "epoch" and not all(isinstance(v, int) for v in history[k])):
+            return f"history {k} holds {bad!r}: not a number"
+    for key in ("epochs_trained", "steps"):
+        v = record.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return f"{key} {v!r} is not a non-negative integer"
+    return None
+
+
 def find_records(paths: list[str | os.PathLike]) -> list[Path]:
-    """Every results.json at or below the given files / folders, sorted."""
+    """Every results.json at or below the given files / folders, sorted; symlinked folders are
+    followed (each real folder once, so a link loop ends)."""
     found: set[Path] = set()
     for p in map(Path, paths):
         if p.is_file() and p.name == RESULTS_FILE:
             found.add(p)
         elif p.is_dir():
-            found.update(p.rglob(RESULTS_FILE))
+            seen: set[str] = set()
+            for dirpath, dirnames, filenames in os.walk(p, followlinks=True):
+                real = os.path.realpath(dirpath)
+                if real in seen:
+                    dirnames[:] = []
+                    continue
+                seen.add(real)
+                if RESULTS_FILE in filenames:
+                    found.add(Path(dirpath) / RESULTS_FILE)
     return sorted(found)

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from regbench.atomic import write_atomic
 from regbench.records import read_record
 from regbench.reporting import stats
 from regbench.reporting.collect import load_runs
@@ -785,7 +786,7 @@ def write_size_plot(series: dict[str, list[tuple[int, float, float, float]]], pa
     ax.set_ylabel("test accuracy difference (pp)")
     ax.set_title("Effect vs training-set size, 95% bootstrap CIs")
     ax.legend(loc="best", fontsize="small")
-    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100, metadata={"Software": None}))
     return path
 
 
@@ -977,7 +978,7 @@ def write_study(experiment_dir: str | Path = DEFAULT_DIR, template: str | Path |
     readme = string.Template(text).substitute(study.fields)
     readme = "\n".join(line.rstrip() for line in readme.splitlines()) + "\n"
     study.readme = experiment_dir / README_NAME
-    study.readme.write_text(readme, encoding="utf-8")
+    write_atomic(study.readme, readme.encode("utf-8"))
     study.files.append(study.readme)
     return study
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from regbench.records import METRIC_KEYS, find_records, read_record
+from regbench.records import METRIC_KEYS, find_records, read_record, record_problem
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ ARM_KEYS = ["data", "model", "arm", "group_hash"]
 class Loaded:
     runs: pd.DataFrame                      # one row per readable record
     found: int                              # results.json files found
-    skipped: list[tuple[Path, str]] = field(default_factory=list)  # unreadable: (path, reason)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # not counted: (path, reason)
 
 
 def _num(v: Any) -> float:
@@ -62,17 +62,27 @@ def _row(record: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def load_runs(paths: list[str | os.PathLike]) -> Loaded:
-    """Every results.json at or below `paths`; unreadable ones are skipped with a logged warning."""
+    """Every results.json at or below `paths`, each validated (`records.record_problem`); an unreadable
+    or invalid one, and a second record of a run id already read, are skipped with a logged warning
+    and listed in `skipped` (the report names each one)."""
     files = find_records(list(paths))
     rows, skipped = [], []
+    first: dict[str, Path] = {}  # run id -> the record that counts for it
     for f in files:
         try:
-            rows.append(_row(read_record(f), f))
+            record = read_record(f)
+            problem = record_problem(record)
+            if problem is not None:
+                raise ValueError(problem)
+            if record["run_id"] in first:  # a copied or linked run folder: one run, counted once
+                raise ValueError(f"same run id as {first[record['run_id']]} ({record['run_id']}): counted once")
+            rows.append(_row(record, f))
+            first[record["run_id"]] = f
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             reason = str(e)
             if reason.startswith(str(f)):
                 reason = reason[len(str(f)):].lstrip(": ")
-            log.warning("skipping unreadable %s: %s", f, reason)
+            log.warning("skipping %s: %s", f, reason)
             skipped.append((f, reason))
     runs = pd.DataFrame(rows, columns=list(_row({"status": "ok"}, Path(""))))
     runs["arm"] = arm_labels(runs)

@@ -19,14 +19,15 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from scipy import stats as sps
 
+from regbench.atomic import write_atomic
 from regbench.reporting.tables import ordered_arms, tag
 
 DPI = 100
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
-    return path
+    # atomically: a kill while drawing leaves the previous PNG, never a cut one
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None}))
 
 
 def _colors(per_arm: pd.DataFrame) -> dict[str, str]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from regbench.atomic import write_atomic
+
 NA_MD, NA_TEX = "–", "--"
 
 
@@ -61,7 +63,7 @@ def write_table(df: pd.DataFrame, out_dir: Path, stem: str, title: str, legend: 
         md += ["", "Notes:"] + [f"- {n}" for n in notes]
     text = "\n".join(md) + "\n"
     paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
-    paths[0].write_text(text)
-    paths[1].write_text(df.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
-    paths[2].write_text(latex(df, title))
+    write_atomic(paths[0], text)  # atomically: a kill mid-report leaves the old file or the new, never a cut one
+    write_atomic(paths[1], df.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    write_atomic(paths[2], latex(df, title))
     return paths, text

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from regbench.atomic import write_atomic
 from regbench.records import METRIC_KEYS, RESULTS_FILE
 from regbench.reporting import render, stats
 from regbench.reporting.collect import load_runs
@@ -103,14 +103,14 @@ def write_report(paths, out_dir=None, *, baseline: str = "none", metric: str = "
 
     read_note = f"{len(runs)} runs read from {loaded.found} {RESULTS_FILE} files"
     if loaded.skipped:
-        read_note += f"; {len(loaded.skipped)} unreadable file(s) skipped (in no row)"
+        read_note += f"; {len(loaded.skipped)} records skipped (in no row): unreadable, invalid or duplicated, each named below"
     notes = [read_note] + [f"skipped {_rel(p, out_dir)}: {why}" for p, why in loaded.skipped]
 
     per_arm = per_arm_table(runs, metric, baseline)
     files, md = render.write_table(per_arm, out_dir, "per_arm", f"Per-arm results: {metric}",
                                    legends["per_arm"], notes)
     for ext in ("md", "csv"):
-        shutil.copyfile(out_dir / f"per_arm.{ext}", out_dir / f"comparison.{ext}")
+        write_atomic(out_dir / f"comparison.{ext}", (out_dir / f"per_arm.{ext}").read_bytes())
         files.append(out_dir / f"comparison.{ext}")
 
     pairwise, pair_notes = pairwise_table(runs, metric, baseline)

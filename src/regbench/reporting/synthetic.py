@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from regbench.naming import short_hash
 from regbench.records import empty_record, write_record
 
 
@@ -20,7 +21,6 @@ def make_record(*, seed: int, acc: float, regularizer: str = "none", data: str =
     loss = 1.0 - acc if loss is None else loss
     r.update(
         status=status, seed=seed, data=data, model=model, regularizer=regularizer, group_hash=group_hash,
-        run_id=f"{data}-{model}-{regularizer}-s{seed}-{group_hash}",
         config=config if config is not None else {
             "seed": seed, "data": {"name": data}, "model": {"name": model},
             "regularizer": {"name": regularizer}, "trainer": {"max_epochs": epochs}},
@@ -33,6 +33,8 @@ def make_record(*, seed: int, acc: float, regularizer: str = "none", data: str =
                  "train/loss": [loss + 1.0 / (i + 1) for i in range(n)],
                  "val/loss": [loss + 1.2 / (i + 1) for i in range(n)]},
     )
+    # like a real run id: different settings (config, group) never share one
+    r["run_id"] = f"{data}-{model}-{regularizer}-s{seed}-{short_hash([r['config'], group_hash])}"
     if status in ("ok", "diverged"):  # a diverged run may still carry (meaningless) numbers
         r["metrics"] = {"test/acc": acc, "test/loss": loss, "train/acc": train_acc, "train/loss": loss / 2,
                         "val/acc": acc, "val/loss": loss, "best_val/acc": acc, "best_val/loss": loss}
