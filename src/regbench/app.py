@@ -44,6 +44,9 @@ def _is_multirun() -> bool:
 
 def run(cfg: DictConfig) -> str:
     """Hydra task: one run. Returns what happened: ok, diverged, failed, skipped (done before) or busy."""
+    from regbench.watchdog import exit_with_parent
+
+    exit_with_parent()  # a joblib worker must not outlive the sweep's process (and keep its locks)
     run_dir = _run_dir()
     try:
         rc = validate(cfg)
