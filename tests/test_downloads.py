@@ -246,7 +246,8 @@ def test_cifar_loader_reads_the_pickle_batches(tmp_path, no_network):
     np.testing.assert_array_equal(d.y_test.numpy(), arrays["test_batch"][1])
     # the parsed arrays are cached: later runs need neither the archive nor its checksum
     (tmp_path / "cifar10" / cifar.ARCHIVE).unlink()
-    again = build_data("cifar10", root=str(tmp_path), val_size=10, split_seed=0, train_size=None, resize=[16, 16])
+    again = build_data("cifar10", root=str(tmp_path), val_size=10, split_seed=0, train_size=None, resize=[16, 16],
+                       checksums=md5s)  # the cache is trusted for the archive it was built from
     assert again.input_shape == (3, 16, 16) and no_network == []
 
 
@@ -280,3 +281,23 @@ def test_cifar_refuses_unexpected_pickle_content(tmp_path):
     with pytest.raises(FileFormatError, match=r"test_batch is not a CIFAR-10 batch"):
         build_data("cifar10", root=str(tmp_path / "other"), val_size=10, split_seed=0, train_size=None,
                    checksums=md5s)
+
+
+def test_a_hand_placed_cifar_cache_is_verified_too(tmp_path, no_network):
+    """The parsed-array cache skips the archive's md5 check only when it is the one built here from
+    the verified archive (its md5 and the archive's beside it): a hand-placed one is rebuilt, or
+    refused when the archive is not there to rebuild it from."""
+    arrays, md5s = write_cifar(tmp_path / "cifar10")
+    kw = dict(root=str(tmp_path), val_size=10, split_seed=0, train_size=None, checksums=md5s)
+    good = build_data("cifar10", **kw)
+    cache = tmp_path / "cifar10" / cifar.CACHE
+    with np.load(cache) as z:
+        planted = {k: z[k] for k in z.files}
+    planted["y_train"] = (planted["y_train"] + 1) % 10  # wrong labels, same shapes
+    np.savez(cache, **planted)  # by hand: no matching md5 beside it
+    rebuilt = build_data("cifar10", **kw)
+    assert torch.equal(rebuilt.y_train, good.y_train) and torch.equal(rebuilt.y_test, good.y_test)
+    np.savez(cache, **planted)
+    (tmp_path / "cifar10" / cifar.ARCHIVE).unlink()
+    with pytest.raises(DatasetFileError, match="missing .*cifar-10-python.tar.gz"):
+        build_data("cifar10", **{**kw, "download": False})

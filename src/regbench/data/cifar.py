@@ -12,6 +12,8 @@ read straight from the archive (nothing is extracted) and the parsed arrays are 
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import tarfile
 import uuid
@@ -21,9 +23,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from regbench.data.download import FileFormatError, fetch, merged_checksums
+from regbench.atomic import write_atomic
+from regbench.data.download import FileFormatError, fetch, md5_of, merged_checksums
 from regbench.data.images import finish_images
 from regbench.data.splits import DataSplits
+
+log = logging.getLogger("regbench")
 
 ARCHIVE = "cifar-10-python.tar.gz"
 MIRRORS = ["https://www.cs.toronto.edu/~kriz/"]
@@ -99,17 +104,41 @@ def read_batches(archive: str | Path, members: list[str]) -> tuple[np.ndarray, n
 def raw_cifar10(folder: Path, *, checksums: Mapping[str, str | None] | None,
                 download: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     cache = folder / CACHE
-    if cache.exists():
-        with np.load(cache) as z:
-            return z["x_train"], z["y_train"], z["x_test"], z["y_test"]
     md5 = merged_checksums(MD5, checksums)
+    if cache.exists():
+        if _cache_is_verified(cache, md5[ARCHIVE]):
+            with np.load(cache) as z:
+                return z["x_train"], z["y_train"], z["x_test"], z["y_test"]
+        log.warning("%s was not made here from a verified %s (or has changed since): rebuilding it from the archive",
+                    cache, ARCHIVE)
     archive = fetch(ARCHIVE, folder, MIRRORS, md5[ARCHIVE], download=download, all_files=[ARCHIVE])
     x_train, y_train = read_batches(archive, TRAIN_BATCHES)
     x_test, y_test = read_batches(archive, TEST_BATCHES)
-    tmp = folder / f".{CACHE}.{uuid.uuid4().hex}.tmp.npz"
-    np.savez(tmp, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    tmp.replace(cache)  # atomic: a concurrent run never reads a half-written cache
+    tmp = folder / f".{CACHE}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npz"
+    try:
+        np.savez(tmp, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+        # the cache's own md5 and the verified archive's, beside it: a hand-placed cache has neither
+        write_atomic(_sidecar(cache), f"{md5_of(tmp)} {md5_of(archive)}\n")
+        tmp.replace(cache)  # atomic: a concurrent run never reads a half-written cache
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return x_train, y_train, x_test, y_test
+
+
+def _sidecar(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".md5")
+
+
+def _cache_is_verified(cache: Path, archive_md5: str | None) -> bool:
+    """The cache is the one built here from an archive with md5 `archive_md5` (None: checks are off)."""
+    if archive_md5 is None:
+        return True
+    try:
+        cache_md5, source_md5 = _sidecar(cache).read_text().split()
+    except (OSError, ValueError):
+        return False
+    return source_md5 == archive_md5.lower() and md5_of(cache) == cache_md5
 
 
 def load_cifar10(*, root: str, val_size: int, split_seed: int, train_size: int | None = None,
