@@ -301,3 +301,27 @@ def test_a_hand_placed_cifar_cache_is_verified_too(tmp_path, no_network):
     (tmp_path / "cifar10" / cifar.ARCHIVE).unlink()
     with pytest.raises(DatasetFileError, match="missing .*cifar-10-python.tar.gz"):
         build_data("cifar10", **{**kw, "download": False})
+
+
+def test_temp_files_of_killed_writers_are_removed(tmp_path, no_network):
+    """A killed download leaves a .part file, a killed cache write a .tmp.npz: the next load removes
+    those no writer has touched for 10 minutes, and leaves a live writer's alone."""
+    import os
+    import time
+
+    arrays, md5s = write_cifar(tmp_path / "cifar10")
+    folder = tmp_path / "cifar10"
+    old_part, old_tmp = folder / f".{cifar.ARCHIVE}.123.ab.part", folder / f".{cifar.CACHE}.123.ab.tmp.npz"
+    live = folder / f".{cifar.ARCHIVE}.456.cd.part"
+    for p in (old_part, old_tmp, live):
+        p.write_bytes(b"x" * 100)
+    hour_ago = time.time() - 3600
+    for p in (old_part, old_tmp):
+        os.utime(p, (hour_ago, hour_ago))
+    build_data("cifar10", root=str(tmp_path), val_size=10, split_seed=0, train_size=None, checksums=md5s)
+    assert not old_part.exists() and not old_tmp.exists() and live.exists()
+    mnist1d_tmp = tmp_path / ".mnist1d-seed7.npz.1.ab.tmp.npz"
+    mnist1d_tmp.write_bytes(b"x")
+    os.utime(mnist1d_tmp, (hour_ago, hour_ago))
+    build_data("mnist1d", root=str(tmp_path), val_size=10, split_seed=0, train_size=None, generator_seed=7)
+    assert not mnist1d_tmp.exists() and not list(tmp_path.glob(".mnist1d-seed7.npz.*"))

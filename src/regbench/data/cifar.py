@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from regbench.atomic import write_atomic
-from regbench.data.download import FileFormatError, fetch, md5_of, merged_checksums
+from regbench.data.download import FileFormatError, fetch, md5_of, merged_checksums, remove_stale
 from regbench.data.images import finish_images
 from regbench.data.splits import DataSplits
 
@@ -112,6 +112,7 @@ def raw_cifar10(folder: Path, *, checksums: Mapping[str, str | None] | None,
         log.warning("%s was not made here from a verified %s (or has changed since): rebuilding it from the archive",
                     cache, ARCHIVE)
     archive = fetch(ARCHIVE, folder, MIRRORS, md5[ARCHIVE], download=download, all_files=[ARCHIVE])
+    remove_stale(folder, f".{CACHE}.*.tmp.npz")  # what killed processes left
     x_train, y_train = read_batches(archive, TRAIN_BATCHES)
     x_test, y_test = read_batches(archive, TEST_BATCHES)
     tmp = folder / f".{CACHE}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npz"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -82,6 +83,24 @@ def _download(url: str, tmp: Path) -> str:
     return h.hexdigest()
 
 
+STALE_SECONDS = 600  # a temp file untouched this long belongs to a killed process (a download writes constantly)
+
+
+def remove_stale(folder: Path, pattern: str, older_than: float = STALE_SECONDS) -> list[Path]:
+    """Remove the temp files matching `pattern` in `folder` that no live writer has touched for
+    `older_than` seconds (by age, not pid: another host may share the folder). Returns them."""
+    removed = []
+    now = time.time()
+    for p in folder.glob(pattern) if folder.is_dir() else []:
+        try:
+            if now - p.stat().st_mtime > older_than:
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:  # another process removed it first
+            pass
+    return removed
+
+
 def fetch(filename: str, folder: str | os.PathLike, mirrors: Sequence[str], md5: str | None, *,
           download: bool | None = True, all_files: Sequence[str] | None = None) -> Path:
     """Path of `folder/filename`, downloading it from `mirror + filename` if absent; always verified.
@@ -92,6 +111,7 @@ def fetch(filename: str, folder: str | os.PathLike, mirrors: Sequence[str], md5:
     """
     folder = Path(folder)
     target = folder / filename
+    remove_stale(folder, f".{filename}.*.part")  # what killed downloads left
     by_hand = f"put the files in {folder} by hand" + (f" ({', '.join(all_files)})" if all_files else "")
     if target.exists():
         verify(target, md5)
@@ -103,7 +123,7 @@ def fetch(filename: str, folder: str | os.PathLike, mirrors: Sequence[str], md5:
     bad_checksum: list[str] = []
     for mirror in mirrors:
         url = mirror + filename
-        tmp = folder / f".{filename}.{uuid.uuid4().hex}.part"
+        tmp = folder / f".{filename}.{os.getpid()}.{uuid.uuid4().hex}.part"
         try:
             got = _download(url, tmp)
         except Exception as err:  # URLError, timeouts, connection resets, HTTP errors ...

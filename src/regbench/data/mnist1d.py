@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from regbench.data.download import remove_stale
 from regbench.data.splits import DataSplits, make_splits
 
 
@@ -46,6 +47,7 @@ def load_mnist1d(*, root: str, val_size: int, split_seed: int, train_size: int |
             arrays = {k: z[k] for k in z.files}
     else:
         cache.parent.mkdir(parents=True, exist_ok=True)  # first: an unusable root fails before the 2-s generation
+        remove_stale(cache.parent, f".{cache.name}.*.tmp.npz")  # what killed processes left
         arrays = generate(generator_seed)
         write_cache(cache, arrays)
     return make_splits("mnist1d", arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"],
