@@ -7,6 +7,7 @@ regularization, LightningModule, callbacks and Trainer, trains, tests, and write
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -43,7 +44,39 @@ def _is_multirun() -> bool:
 
 
 def run(cfg: DictConfig) -> str:
-    """Hydra task: one run. Returns what happened: ok, diverged, failed, skipped (done before) or busy."""
+    """Hydra task: one run. Returns what happened: ok, diverged, failed, skipped (done before) or busy.
+    A full disk is named as such (not as whatever error it caused); no partial record is left."""
+    try:
+        return _run(cfg)
+    except Exception as e:
+        full = _no_space(e, _run_dir())
+        if full is None:
+            raise
+        message = f"no space left on device: {full} (no record written for {_run_dir().name})"
+        log.error(message)
+        if not _is_multirun():
+            print(f"regbench: {message}", file=sys.stderr)
+            sys.exit(1)
+        return "failed"
+
+
+def _no_space(error: BaseException, run_dir: Path) -> str | None:
+    """The path a full disk refused, when `error` or an error behind it is ENOSPC, or when the run
+    folder's disk is full (some libraries turn ENOSPC into other errors); else None."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return str(e.filename or run_dir)
+        e = e.__cause__ or e.__context__
+    try:
+        return str(run_dir) if shutil.disk_usage(run_dir).free < 1 << 16 else None
+    except OSError:
+        return None
+
+
+def _run(cfg: DictConfig) -> str:
     from regbench.watchdog import exit_with_parent
 
     exit_with_parent()  # a joblib worker must not outlive the sweep's process (and keep its locks)
@@ -68,7 +101,13 @@ def run(cfg: DictConfig) -> str:
     except _rejected() as e:
         return _reject(e, run_dir)
     lock = RunLock(run_dir)
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except OSError:  # e.g. a full disk: leave no lock file or empty folder behind
+        lock.release()
+        _remove_if_empty(run_dir)
+        raise
+    if not acquired:
         log.info("skipping %s: another process is running it (%s)", run_dir.name, lock.owner())
         return "busy"
     try:

@@ -45,9 +45,9 @@ class RunLock:
             except FileNotFoundError:
                 current = False
             if current:
+                self.fd = fd  # held: release() unlinks it, also when writing the owner fails (a full disk)
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
-                self.fd = fd
                 return True
             os.close(fd)
 
