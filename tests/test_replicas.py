@@ -293,7 +293,11 @@ def test_cnn1d_replicas_follow_the_plain_loop_of_their_seeds(small, arm, optim, 
     kw = dict(model="cnn1d", optim=optim, lr=lr, momentum=momentum, epochs=2)
     recs = stacked(small, [3, 8], reg, **kw)
     for seed, r in zip([3, 8], recs):
-        assert r["history"]["train/loss"] == pytest.approx(plain_losses(small, seed, reg, **kw), abs=1e-5)
+        ref = plain_losses(small, seed, reg, **kw)
+        # im2col + baddbmm rounds differently from conv1d, and Adam's normalisation amplifies it:
+        # the first epoch agrees to 1e-5, the second was 8e-5 (4.5e-5 relative) apart on one x86 CPU
+        assert r["history"]["train/loss"][0] == pytest.approx(ref[0], abs=1e-5)
+        assert r["history"]["train/loss"] == pytest.approx(ref, rel=2e-4)
         assert r["extra"]["engine"] == "stacked" and r["extra"]["parameters"] == 5210
 
 
