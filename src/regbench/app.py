@@ -25,7 +25,8 @@ import regbench
 from regbench.config import ConfigError, RunConfig, validate
 from regbench.naming import config_hash, group_hash, run_id
 from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
-from regbench.rundir import CHECKPOINT_DIR, RunLock, clean_partial, load_checkpoint, resumable_checkpoint
+from regbench.rundir import (CHECKPOINT_DIR, RunLock, attempt_dir, clean_partial, drop_attempt, load_checkpoint,
+                             resumable_checkpoint, swap_in_attempt)
 
 log = logging.getLogger("regbench")
 
@@ -236,26 +237,31 @@ def load_checked_data(rc: RunConfig, data_keys: list[str]):
 
 def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path, data=None) -> str:
     owner = checkpoint_owner(cfg, run_dir)
-    resume = resumable_checkpoint(run_dir, owner) if rc.trainer.checkpoint_every else None
+    # force=true over a finished run: the new attempt is written aside (curves, log, checkpoints) and
+    # swapped in once its record is written, so a killed rerun leaves the finished run whole
+    work = attempt_dir(run_dir) if rc.force and _is_done(run_dir) else run_dir
+    resume = resumable_checkpoint(run_dir, owner) if rc.trainer.checkpoint_every and work == run_dir else None
     if resume is None:
-        clean_partial(run_dir)
-    handler = logging.FileHandler(run_dir / "run.log")
+        clean_partial(work)
+    handler = logging.FileHandler(work / "run.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(handler)
     REJECTED = _rejected()
     record = _base_record(cfg, rc, run_dir)
     try:
-        record.update(train(rc, run_dir, data_keys=[k for k in cfg.data if k != "name"],
+        record.update(train(rc, work, data_keys=[k for k in cfg.data if k != "name"],
                             model_keys=[k for k in cfg.model if k != "name"], resume=resume,
                             checkpoint_owner=owner, data=data))
     except REJECTED as e:  # bad input found while building (arm/model/data mismatch): nothing is recorded
-        clean_partial(run_dir)
-        (run_dir / "run.log").unlink(missing_ok=True)
+        clean_partial(work)
+        (work / "run.log").unlink(missing_ok=True)
+        drop_attempt(run_dir)
         return _reject(e, run_dir)
     except Exception as e:  # a failed run is recorded, never lost
-        (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        (work / "traceback.txt").write_text(traceback.format_exc())
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
         write_record(run_dir, record)
+        swap_in_attempt(work, run_dir)
         log.error("run %s failed: %s (traceback in %s)", run_dir.name, record["error"], run_dir / "traceback.txt")
         if not _is_multirun():
             raise
@@ -264,6 +270,7 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path, data=None) -> str
         logging.getLogger().removeHandler(handler)
         handler.close()
     write_record(run_dir, record)
+    swap_in_attempt(work, run_dir)  # after the record: until then the folder holds the finished run whole
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # the record is complete: resuming is moot
     log.info("%s: %s test/acc %.4f (%d epochs, %.1f s)", run_dir.name, record["status"],
              record["metrics"]["test/acc"], record["epochs_trained"], record["train_seconds"])

@@ -108,10 +108,42 @@ def resumable_checkpoint(run_dir: Path, owner: dict[str, str]) -> Path | None:
     return None
 
 
+ATTEMPT_DIR = ".attempt"       # where a force=true rerun of a finished run writes until its record exists
+PARTIAL = ("tb", CHECKPOINT_DIR, "traceback.txt", "run.log")
+
+
+def attempt_dir(run_dir: Path) -> Path:
+    """A fresh `<run>/.attempt/<run id>/` for a rerun of a finished run (named like the run, so its
+    log lines and curves carry the run id); what a killed earlier attempt left there is removed."""
+    drop_attempt(run_dir)
+    work = run_dir / ATTEMPT_DIR / run_dir.name
+    work.mkdir(parents=True)
+    return work
+
+
+def drop_attempt(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / ATTEMPT_DIR, ignore_errors=True)
+
+
+def swap_in_attempt(work: Path, run_dir: Path) -> None:
+    """Replace the run's curves, log and traceback by the attempt's (once its record is written)."""
+    if work == run_dir:
+        return
+    for name in PARTIAL:
+        old, new = run_dir / name, work / name
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.exists():
+            old.unlink()
+        if new.exists():
+            os.replace(new, old)
+    drop_attempt(run_dir)
+
+
 def clean_partial(run_dir: Path) -> None:
     """Remove what an interrupted attempt left (curves, log, old checkpoints) before a fresh start,
     so TensorBoard does not show two attempts' curves mixed in one run."""
-    for name in ("tb", CHECKPOINT_DIR, "traceback.txt", "run.log"):
+    for name in PARTIAL:
         p = run_dir / name
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
