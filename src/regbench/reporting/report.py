@@ -146,7 +146,7 @@ def write_report(paths, out_dir=None, *, baseline: str = "none", metric: str = "
 
     ranking = ranking_table(per_arm, metric)
     if ranking is not None:
-        files += render.write_table(ranking, out_dir, "ranking", f"Average rank across contexts: {metric}",
+        files += render.write_table(ranking, out_dir, "ranking", f"Average rank across distinct settings: {metric}",
                                     legends["ranking"], [])[0]
     else:
         for ext in ("md", "csv", "tex"):

@@ -48,8 +48,8 @@ def _collapse_note(key: tuple, g: pd.DataFrame) -> str | None:
     if len(g) == 0 or len(coll) / len(g) <= stats.COLLAPSE_WARN:
         return None
     seeds = ", ".join(str(s) for s in sorted(coll["seed"].tolist(), key=str))
-    return (f"WARNING: {key[2]} on {key[0]}/{key[1]} collapsed in {len(coll)} of {len(g)} runs "
-            f"(> {stats.COLLAPSE_WARN:.0%}; seeds {seeds}): excluded from its statistics")
+    return (f"WARNING: {key[2]} on {key[0]}/{key[1]} collapsed in {len(coll)} of {len(g)} runs, more than "
+            f"{stats.COLLAPSE_WARN:.0%} (seeds {seeds}): they are excluded from its statistics")
 
 
 def per_arm_table(runs: pd.DataFrame, metric: str = "test/acc", baseline: str = "none") -> pd.DataFrame:
