@@ -73,7 +73,8 @@ def _legends(metric: str, margin: float) -> dict[str, str]:
             f"sqrt(acc (1 - acc) / n_test), the binomial standard error of one run's test accuracy from the "
             f"finite test set (– when the records do not state n_test); test_loss_mean; "
             f"train_minus_test_acc_mean = mean of train/acc - test/acc; best_epoch_mean (0-based) and "
-            f"epochs_trained_mean; train_seconds_mean = wall-clock fit seconds per run. The Markdown shows "
+            f"epochs_trained_mean; train_seconds_mean = wall-clock fit seconds per ok run; train_seconds_total = the "
+            f"fit seconds of every run of the arm, whatever its status. The Markdown shows "
             f"the at-a-glance columns; the CSV and LaTeX have all of them."),
         "pairwise": (
             f"each arm against the '{{baseline}}' arm of the same data, model and config (where a setting "

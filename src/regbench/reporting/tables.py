@@ -87,6 +87,7 @@ def per_arm_table(runs: pd.DataFrame, metric: str = "test/acc", baseline: str = 
         row["best_epoch_mean"] = _mean(ok["best_epoch"])
         row["epochs_trained_mean"] = _mean(ok["epochs_trained"])
         row["train_seconds_mean"] = _mean(ok["train_seconds"])
+        row["train_seconds_total"] = float(np.nansum(g["train_seconds"].to_numpy(float)))  # every run, any status
 
         notes = []
         if vals.size == 0:
