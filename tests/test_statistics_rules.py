@@ -368,3 +368,21 @@ def test_performance_profile_ratios():
     r = profile_ratios(per_arm_rows(rows))
     assert r.loc[("d1", "mlp"), "A"] == 1.0 and r.loc[("d1", "mlp"), "B"] == pytest.approx(0.2 / 0.1)
     assert r.loc[("d2", "mlp"), "B"] == 1.0 and r.loc[("d2", "mlp"), "A"] == pytest.approx(0.4 / 0.2)
+
+
+def test_a_run_that_does_not_learn_is_written_as_collapsed_and_not_rerun(tmp_path):
+    """app writes the health status: an MLP trained at lr 1e-12 stays at its initial, chance-level accuracy."""
+    from conftest import compose
+
+    from regbench import app
+    from regbench.config import validate
+    from regbench.records import read_record
+
+    cfg = compose(["optim.lr=1e-12", "trainer.max_epochs=1", "trainer.progress_every=0", "data=digits"])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert app._run_locked(cfg, validate(cfg), run_dir) == "collapsed"
+    r = read_record(run_dir / "results.json")
+    assert r["status"] == "collapsed" and "chance" in r["extra"]["collapse_reason"]
+    assert r["metrics"]["train/acc"] <= 0.1 + health.CHANCE_MARGIN
+    assert app._is_done(run_dir)  # a rerun skips it: the same seed would collapse again
