@@ -73,7 +73,7 @@ def seeds_for(paths: list[Path], effect: float, metric: str, baseline: str) -> s
              "|:---|:---|---:|---:|---:|"]
     for _, r in pw.iterrows():
         m = int((pw["family"] == r["family"]).sum())
-        sd = r["mde_" + metric.replace("/", "_")] / r["mde_dz"] if r["mde_dz"] and r["mde_dz"] == r["mde_dz"] else float("nan")
+        sd = r["sd_diff"]
         need = stats.seeds_needed(effect, sd, stats.ALPHA / m) if r["pairing"].startswith("paired") else float("nan")
         lines.append(f"| {r['regularizer']} − {r['baseline']} | {r['data']}/{r['model']} [{r['config']}] | "
                      f"{int(r['n_arm'])} | {'–' if sd != sd else f'{sd:.4f}'} | "

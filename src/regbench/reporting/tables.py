@@ -152,7 +152,7 @@ def _pair_row(data, model, gh, key, base_key, arm, base, hib, margin, t) -> dict
 
 PAIRWISE_COLUMNS = ["data", "model", "config", "family", "regularizer", "baseline", "pairing", "n_arm",
                     "n_baseline", "{t}_diff_mean", "diff_ci95_low", "diff_ci95_high", "p_welch", "p_paired_t",
-                    "p_wilcoxon", "p_holm", "p_tost", "p_tost_holm", "equivalence_margin", "mde_dz", "mde_{t}",
+                    "p_wilcoxon", "p_holm", "p_tost", "p_tost_holm", "equivalence_margin", "sd_diff", "mde_dz", "mde_{t}",
                     "prob_improvement", "prob_improvement_ci95_low", "prob_improvement_ci95_high", "verdict"]
 
 
@@ -173,6 +173,8 @@ def pairwise_table(runs: pd.DataFrame, metric: str = "test/acc", baseline: str =
     for data, model, gh in contexts:
         here = [(k, g) for k, g in arms if (k[0], k[1], k[3]) == (data, model, gh)]
         if len(here) < 2:
+            if here and here[0][0][2] != baseline:
+                notes.append(f"{data}/{model} config {gh}: only one arm ({here[0][0][2]}), nothing to compare")
             continue
         bases = [(k, g) for k, g in here if (g["regularizer"] == baseline).all()]
         if len(bases) > 1:
@@ -209,7 +211,7 @@ def pairwise_table(runs: pd.DataFrame, metric: str = "test/acc", baseline: str =
                                      else math.inf, r["regularizer"]))
         rows += fam_rows
     columns = [c.replace("{t}", t) for c in PAIRWISE_COLUMNS]
-    df = pd.DataFrame(rows, columns=columns + ["_p_verdict", "_paired", "sd_diff"])
+    df = pd.DataFrame(rows, columns=columns + ["_p_verdict", "_paired"])
     return df[columns], notes
 
 
