@@ -35,7 +35,7 @@ def test_sweep_writes_one_record_per_run_a_report_and_reruns_nothing(tmp_path):
     assert "sweep finished: 4 runs: 4 ok" in r.stderr
     # TensorBoard: curves and an hparams summary with real final metrics, in every run folder
     for name in recs:
-        assert list((sweep / name / "tb").glob("events.out.tfevents.*"))
+        assert list((sweep / name).glob("events.out.tfevents.*"))  # in the run folder: TensorBoard's run name
 
     again = cli(*args)
     assert again.returncode == 0
@@ -152,7 +152,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     from torch.utils.tensorboard import SummaryWriter
 
     (ckpt,) = killed.rglob("last.ckpt")
-    with SummaryWriter(str(next(killed.rglob("tb")))) as writer:
+    with SummaryWriter(str(ckpt.parent.parent)) as writer:  # the run folder holds the events
         writer.add_scalar("val/acc", -1.0, torch.load(ckpt, weights_only=False)["epoch"] + 1)
 
     r = cli(*args, f"runs_root={killed}")
@@ -171,7 +171,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     for run in (killed, tmp_path / "whole"):
-        tb = EventAccumulator(str(next(run.rglob("tb")))).Reload()
+        tb = EventAccumulator(str(next(run.rglob("results.json")).parent)).Reload()
         scalars = tb.Scalars("val/acc")
         assert [e.step for e in scalars] == list(range(40)), run
         assert [e.value for e in scalars] == pytest.approx(uninterrupted["history"]["val/acc"], abs=1e-6)
