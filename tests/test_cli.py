@@ -33,6 +33,10 @@ def test_sweep_writes_one_record_per_run_a_report_and_reruns_nothing(tmp_path):
     table = (sweep / "per_arm.md").read_text()
     assert "| mnist1d | mlp | none |" in table and "| mnist1d | mlp | dropout |" in table
     assert "sweep finished: 4 runs: 4 ok" in r.stderr
+    # progress after every job: k/N, the counts so far, elapsed and an ETA
+    for k in range(1, 5):
+        assert f"sweep progress: {k}/4 runs done ({k} ok), elapsed " in r.stderr
+    assert r.stderr.count(", ETA ") >= 4
     # TensorBoard: curves and an hparams summary with real final metrics, in every run folder
     for name in recs:
         assert list((sweep / name).glob("events.out.tfevents.*"))  # in the run folder: TensorBoard's run name
