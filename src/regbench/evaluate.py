@@ -66,7 +66,11 @@ def evaluate_run(run_dir: Path, data: str | None = None, sets: list[str] | None 
     splits = build_data(rc.data.name, **{k: getattr(rc.data, k) for k in cfg.data if k != "name"})
     reg = app.regularization_of(rc)
     net = app.network_of(rc, splits, reg, [k for k in cfg.model if k != "name"])
-    net.load_state_dict(saved["state_dict"])
+    try:
+        net.load_state_dict(saved["state_dict"])
+    except RuntimeError as e:  # other data whose inputs give the network other shapes
+        raise ValueError(f"the saved weights do not fit a {rc.model.name} built for data={rc.data.name} "
+                         f"(input {tuple(splits.input_shape)}): {str(e).splitlines()[-1].strip()}") from None
     chunk = rc.trainer.eval_batch_size
     out = {}
     for split, (x, y) in {"train": (splits.x_train, splits.y_train), "val": (splits.x_val, splits.y_val),
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         metrics = evaluate_run(run_dir, args.data, args.set)
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, RuntimeError) as e:
         print(f"regbench.evaluate: {run_dir}: {e}", file=sys.stderr)
         return 2
     text = json.dumps(metrics, indent=1)

@@ -22,7 +22,7 @@ from regbench.config import ConfigError
 KINDS = ("tensorboard", "csv", "mlflow")
 FINAL_METRICS = ("test/acc", "test/loss")   # the curves already carry train/* and val/*
 # config keys that say where or how verbosely a run works, not what it is
-NOT_HPARAMS = ("name", "runs_root", "force", "data.root", "trainer.progress_every", "trainer.progress_bar",
+NOT_HPARAMS = ("name", "runs_root", "force", "logger", "data.root", "trainer.progress_every", "trainer.progress_bar",
                "trainer.checkpoint_every", "trainer.eval_batch_size")
 
 
