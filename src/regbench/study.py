@@ -785,7 +785,9 @@ def write_size_plot(series: dict[str, list[tuple[int, float, float, float]]], pa
     ax.set_ylabel("test accuracy difference (pp)")
     ax.set_title("Effect vs training-set size, 95% bootstrap CIs")
     ax.legend(loc="best", fontsize="small")
-    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    from regbench.reporting.plots import _save
+
+    _save(fig, path)  # PNG and PDF
     return path
 
 
