@@ -72,13 +72,15 @@ def test_tensorboard_hparams_of_a_mixed_sweep_keep_every_swept_key(tmp_path):
         else:
             assert hp["regularizer.early_stop.patience"] == 20 and not any(k.startswith("regularizer.dropout") for k in hp)
         assert "None" not in hp.values() and hp["regularizer.name"] == rec["regularizer"]
-        assert hp["seed"] == rec["seed"]
+        assert hp["seed"] == str(rec["seed"])  # shown as 0, not 0.0000 (the plugin has no integer type)
+        assert "data.download" not in hp and "data.root" not in hp  # not hyperparameters
         # session records only: no per-run experiment record (TensorBoard would take one run's keys for all)
         assert plugin_tags == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
-        # curves per epoch, the test metrics once at the last epoch, no hp/* cards
+        # curves per epoch, the test metrics once at the last epoch in a group sorted after the curves
         assert [s for s, _ in scalars["val/acc"]] == [0, 1, 2]
-        assert scalars["test/acc"] == [(2, pytest.approx(rec["metrics"]["test/acc"], abs=1e-6))]
+        assert scalars["z_final/test_acc"] == [(2, pytest.approx(rec["metrics"]["test/acc"], abs=1e-6))]
         assert not any(t.startswith("hp/") for t in scalars)
+        assert sorted({t.split("/")[0] for t in scalars}) == ["train", "val", "z_final"]
 
     exp, runs = tensorboard_experiment(tmp_path / "default")
     assert runs == sorted(p.name for p in recs)  # run names are the run folders: no `/tb` suffix
@@ -87,8 +89,9 @@ def test_tensorboard_hparams_of_a_mixed_sweep_keep_every_swept_key(tmp_path):
     # the keys that vary come first (the dashboard ticks the first five); constant ones after
     names = [h.name for h in exp.hparam_infos]
     assert names[:2] == ["regularizer.name", "seed"] and infos["seed"].differs
+    assert sorted(infos["seed"].domain_discrete) == ["0", "1"]
     assert not infos["data.name"].differs and not infos["regularizer.dropout.p"].differs
-    assert {m.name.tag for m in exp.metric_infos} >= {"test/acc", "val/acc", "train/loss"}
+    assert {m.name.tag for m in exp.metric_infos} >= {"z_final/test_acc", "val/acc", "train/loss"}
 
 
 def train_with(tmp_path: Path, *overrides: str) -> dict:

@@ -9,7 +9,10 @@ TensorBoard specifics (what `tensorboard --logdir runs/` shows):
   unticked), and keeps every key any run has (a dropout run's `regularizer.dropout.p` beside an
   early-stopping run's `regularizer.early_stop.patience`);
 - the final test metrics are scalars at the last epoch's step (the hparams plugin reads metric
-  values from scalars), not `hp/*` cards at step 0.
+  values from scalars), not `hp/*` cards at step 0, under `z_final/`: Scalars and Time Series order
+  their card groups by name, so the curves (`train/*`, `val/*`) come first;
+- the hparams plugin knows no integer type (it shows a number as `0.0000`): integer seeds are written
+  as their text (`0`), which also lets the dashboard filter seeds by ticking them.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from regbench.config import ConfigError
 
 KINDS = ("tensorboard", "csv", "mlflow")
 FINAL_METRICS = ("test/acc", "test/loss")   # the curves already carry train/* and val/*
+TENSORBOARD_FINAL = {"test/acc": "z_final/test_acc", "test/loss": "z_final/test_loss"}
 # config keys that say where or how verbosely a run works, not what it is
-NOT_HPARAMS = ("name", "runs_root", "force", "logger", "data.root", "trainer.progress_every", "trainer.progress_bar",
-               "trainer.checkpoint_every", "trainer.eval_batch_size")
+NOT_HPARAMS = ("name", "runs_root", "force", "logger", "data.root", "data.checksums", "data.download",
+               "trainer.progress_every", "trainer.progress_bar", "trainer.checkpoint_every", "trainer.eval_batch_size")
 
 
 class MissingLoggerPackage(ConfigError):
@@ -110,11 +114,16 @@ def log_final(logger, hparams: Mapping[str, Any], metrics: Mapping[str, float], 
     from pytorch_lightning.loggers import TensorBoardLogger
 
     if isinstance(logger, TensorBoardLogger):
-        _tensorboard_session(logger, dict(hparams))
+        _tensorboard_session(logger, {k: str(v) if _is_seed(k, v) else v for k, v in hparams.items()})
+        final = {TENSORBOARD_FINAL[k]: v for k, v in final.items()}
     else:
         logger.log_hyperparams(dict(hparams))
     logger.log_metrics(final, step=step)
     logger.finalize("success")
+
+
+def _is_seed(key: str, value: Any) -> bool:
+    return key.rsplit(".", 1)[-1].endswith("seed") and isinstance(value, int) and not isinstance(value, bool)
 
 
 def _tensorboard_session(logger, hparams: dict[str, Any]) -> None:
