@@ -23,12 +23,12 @@ _COMPONENT = re.compile(r"^(\+{0,2})regularizer\.([A-Za-z_]+)\.[A-Za-z_.]+=")
 
 def _arm_keys(arm: str, seen: frozenset = frozenset()) -> set[str]:
     """The top-level keys an arm's YAML sets, with those of the arms in its defaults list."""
-    import yaml
+    from omegaconf import OmegaConf
 
     path = ARMS_DIR / f"{arm}.yaml"
     if arm in seen or not path.is_file():
         return set()
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = OmegaConf.to_container(OmegaConf.load(path)) or {}
     keys = {k for k in doc if k not in ("defaults", "name")}
     for entry in doc.get("defaults") or []:
         if isinstance(entry, str) and entry != "_self_":
