@@ -106,6 +106,9 @@ def test_early_stop_arm_tests_the_restored_best_epoch(tmp_path):
                          "trainer.max_epochs=40", "trainer.progress_every=0")
     assert r["stopped_early"] and r["restored_best"]
     assert r["stopped_epoch"] == r["best_epoch"] + 2
+    # the reason names the monitored accuracy as it was and the record's own (0-based) epochs
+    assert (f"val/acc did not improve by more than 0 on its best {r['metrics']['best_val/acc']:.4g} "
+            f"(epoch {r['best_epoch']}) for 2 epochs; stopped at epoch {r['stopped_epoch']}") in r["stop_reason"]
     assert r["epochs_trained"] == r["stopped_epoch"] + 1
     # the weights evaluated at the end are those of the best epoch: same validation accuracy
     assert r["metrics"]["val/acc"] == pytest.approx(r["history"]["val/acc"][r["best_epoch"]], abs=1e-6)
