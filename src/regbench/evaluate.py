@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f for f in ("results.json", "best.ckpt") if not (run_dir / f).is_file()]
     if missing:
         print(f"regbench.evaluate: {run_dir} has no {' and no '.join(missing)} (best.ckpt is written by every "
-              f"run that finishes)", file=sys.stderr)
+              f"separately trained run that finishes; stacked replicas write none)", file=sys.stderr)
         return 2
     try:
         metrics = evaluate_run(run_dir, args.data, args.set)
