@@ -134,7 +134,7 @@ def test_an_unknown_logger_is_refused_with_hydras_list(tmp_path):
     assert r.returncode != 0 and "tensorboard" in r.stderr and "csv" in r.stderr and "mlflow" in r.stderr
 
 
-def test_evaluate_reloads_the_saved_weights_safely_and_reproduces_the_record(tmp_path):
+def test_evaluate_reloads_the_saved_weights_safely_and_reproduces_the_record(tmp_path, capsys):
     r = cli("regularizer=early_stop", "regularizer.early_stop.patience=2", "trainer.max_epochs=25",
             "trainer.progress_every=0", "seed=1", f"runs_root={tmp_path}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -144,23 +144,30 @@ def test_evaluate_reloads_the_saved_weights_safely_and_reproduces_the_record(tmp
     assert all(isinstance(v, torch.Tensor) for v in saved["state_dict"].values())
     assert saved["meta"]["best_epoch"] == rec["best_epoch"] and saved["meta"]["restored_best"]
 
-    out = tmp_path / "eval.json"
-    ev = python("-m", "regbench.evaluate", str(run_dir), "--out", str(out))
-    assert ev.returncode == 0, ev.stderr
-    got = json.loads(ev.stdout)
-    assert got == json.loads(out.read_text())
+    from regbench.evaluate import main as evaluate_main  # in this process: the CLI's start-up only once
+
+    def evaluate(*args):
+        code = evaluate_main([str(run_dir), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    saved_json = tmp_path / "eval.json"
+    code, out, err = evaluate("--out", str(saved_json))
+    assert code == 0, err
+    got = json.loads(out)
+    assert got == json.loads(saved_json.read_text())
     for k in ("test/acc", "val/acc", "train/acc"):
         assert got[k] == rec["metrics"][k], k
     assert math.isclose(got["test/loss"], rec["metrics"]["test/loss"], rel_tol=1e-6)
 
     # other data: a smaller training split (its normalisation statistics change, so the numbers move a little)
-    other = python("-m", "regbench.evaluate", str(run_dir), "--set", "data.train_size=700")
-    assert other.returncode == 0, other.stderr
-    assert abs(json.loads(other.stdout)["test/acc"] - rec["metrics"]["test/acc"]) < 0.05
+    code, out, err = evaluate("--set", "data.train_size=700")
+    assert code == 0, err
+    assert abs(json.loads(out)["test/acc"] - rec["metrics"]["test/acc"]) < 0.05
     # data whose inputs do not fit the network: refused with the reason, exit 2
-    wrong = python("-m", "regbench.evaluate", str(run_dir), "--data", "digits")
-    assert wrong.returncode == 2 and "digits" in wrong.stderr
-    missing = python("-m", "regbench.evaluate", str(tmp_path / "nothing"))
+    code, out, err = evaluate("--data", "digits")
+    assert code == 2 and "digits" in err
+    missing = python("-m", "regbench.evaluate", str(tmp_path / "nothing"))  # the real command line
     assert missing.returncode == 2 and "no results.json" in missing.stderr
 
 
