@@ -162,6 +162,13 @@ class TrainerConfig:
     progress_every: int = rng(NONNEG)                 # epochs between progress lines; 0 = none
     eval_batch_size: int = rng(POS_INT)
     checkpoint_every: int = rng(NONNEG)               # epochs between resumable checkpoints; 0 = none
+    progress_bar: Any = "auto"                        # a live epoch bar: auto (on a terminal, not in a worker), true, false
+
+
+@dataclass
+class LoggerConfig:
+    name: str = one_of("tensorboard", "csv", "mlflow")
+    tracking_uri: Optional[str] = None               # mlflow only: a folder (file store) or an MLflow URI
 
 
 # ---------------------------------------------------------------------------------------- root
@@ -172,6 +179,7 @@ class RunConfig:
     regularizer: RegularizerConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
     seed: int = rng(Interval(0, SEED_MAX))
     name: str = MISSING                 # runs go to <runs_root>/<name>/<run id>; one folder name
     runs_root: str = MISSING
@@ -223,6 +231,8 @@ def _require(cfg: RunConfig) -> None:
     if cfg.seed + cfg.replicas - 1 > SEED_MAX:
         raise ConfigError(f"seed={cfg.seed} with replicas={cfg.replicas}: the group's last seed "
                           f"{cfg.seed + cfg.replicas - 1} is out of range: allowed [0, {SEED_MAX}]")
+    if cfg.trainer.progress_bar not in ("auto", True, False):
+        raise ConfigError(f"trainer.progress_bar={cfg.trainer.progress_bar!r} is not allowed: choose auto, true or false")
     d, e = cfg.regularizer.dropout, cfg.regularizer.early_stop
     if d is not None:
         if d.kind == "dropblock" and d.block_size is None:

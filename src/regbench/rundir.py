@@ -109,7 +109,8 @@ def resumable_checkpoint(run_dir: Path, owner: dict[str, str]) -> Path | None:
 
 
 ATTEMPT_DIR = ".attempt"       # where a force=true rerun of a finished run writes until its record exists
-PARTIAL = ("tb", CHECKPOINT_DIR, "traceback.txt", "run.log")
+PARTIAL = ("tb", "csv", CHECKPOINT_DIR, "traceback.txt", "run.log", "hparams.yaml", "best.ckpt", "best.ckpt.tmp")
+EVENTS = "events.out.tfevents.*"  # TensorBoard's files, in the run folder itself
 
 
 def attempt_dir(run_dir: Path) -> Path:
@@ -129,22 +130,17 @@ def swap_in_attempt(work: Path, run_dir: Path) -> None:
     """Replace the run's curves, log and traceback by the attempt's (once its record is written)."""
     if work == run_dir:
         return
-    for name in PARTIAL:
-        old, new = run_dir / name, work / name
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        elif old.exists():
-            old.unlink()
+    clean_partial(run_dir)
+    for new in [work / n for n in PARTIAL] + sorted(work.glob(EVENTS)):
         if new.exists():
-            os.replace(new, old)
+            os.replace(new, run_dir / new.name)
     drop_attempt(run_dir)
 
 
 def clean_partial(run_dir: Path) -> None:
     """Remove what an interrupted attempt left (curves, log, old checkpoints) before a fresh start,
     so TensorBoard does not show two attempts' curves mixed in one run."""
-    for name in PARTIAL:
-        p = run_dir / name
+    for p in [run_dir / n for n in PARTIAL] + sorted(run_dir.glob(EVENTS)):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         elif p.exists():
