@@ -27,7 +27,7 @@ def test_a_killed_force_rerun_keeps_the_finished_run(tmp_path):
     run_dir.mkdir(parents=True)
     assert _run_locked(cfg, validate(cfg), run_dir) == "ok"
     before = snapshot(run_dir)
-    assert {"results.json", "run.log"} <= set(before) and any(k.startswith("tb/events") for k in before)
+    assert {"results.json", "run.log"} <= set(before) and any(k.startswith("events.out.tfevents") for k in before)
 
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *ARGS, f"runs_root={tmp_path}", "force=true"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -45,4 +45,4 @@ def test_a_killed_force_rerun_keeps_the_finished_run(tmp_path):
     after = snapshot(run_dir)
     assert not (run_dir / ".attempt").exists()
     assert after["run.log"] != before["run.log"]  # the completed rerun's files are in place
-    assert sorted(k for k in after if k.startswith("tb/events")) != sorted(k for k in before if k.startswith("tb/events"))
+    assert sorted(k for k in after if k.startswith("events.out.tfevents")) != sorted(k for k in before if k.startswith("events.out.tfevents"))

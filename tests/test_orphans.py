@@ -38,7 +38,9 @@ def test_workers_end_when_the_sweep_process_is_killed(tmp_path):
         while any(map(alive, workers)) and time.time() < deadline:
             time.sleep(0.2)
         assert not any(map(alive, workers)), "joblib workers outlived the sweep's process"
-        for run_dir in {p.parent for p in tmp_path.rglob("tb")}:
+        claimed = {p.parent for p in tmp_path.rglob(".lock")}  # left by the killed workers, unlocked
+        assert len(claimed) == 2
+        for run_dir in claimed:
             lock = RunLock(run_dir)
             assert lock.acquire(), f"{run_dir} is still locked"  # a rerun can take the runs over
             lock.release()
