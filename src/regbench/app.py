@@ -42,13 +42,63 @@ def _is_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run(cfg: DictConfig) -> str:
-    """Hydra task: one run. Returns what happened: ok, diverged, failed, skipped (done before) or busy."""
+class Outcome(str):
+    """What a run returns to Hydra: its status (ok, diverged, failed, skipped, busy, rejected) as a
+    string -- what the sweep's status line counts (sweep.py) -- and, as its float value, the objective
+    a sweeper optimizes (`protocol.metric`, a validation metric; NaN when the run has none, which
+    Optuna records as a failed trial): `float(outcome)`. So `hydra/sweeper=optuna` gets its floats
+    and the status is still recorded."""
+
+    objective: float
+
+    def __new__(cls, status: str, objective: float = float("nan")) -> "Outcome":
+        self = super().__new__(cls, status)
+        self.objective = float(objective)
+        return self
+
+    def __float__(self) -> float:
+        return self.objective
+
+    def __reduce__(self):  # joblib / submitit pickle the return value
+        return (Outcome, (str(self), self.objective))
+
+
+def run(cfg: DictConfig) -> Outcome:
+    """Hydra task: one run (or one arm's tuning study with protocol=tuned). Returns an Outcome: the
+    status as a string, the objective `protocol.metric` as its float value."""
+    status = _run(cfg)
+    if isinstance(status, Outcome):
+        return status
+    return Outcome(status, _objective(cfg))
+
+
+def _objective(cfg: DictConfig) -> float:
+    """Mean `protocol.metric` over the ok records this run wrote or found (one, or the replica group)."""
+    try:
+        metric = cfg.protocol.metric
+        replicas = int(cfg.replicas)
+        seeds = [int(cfg.seed) + k for k in range(replicas)]
+        base = _run_dir().parent
+        cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds] if replicas > 1 else [cfg]
+        values = []
+        for c in cfgs:
+            r = read_record(base / run_id(c) / RESULTS_FILE)
+            if r["status"] == "ok":
+                values.append(float(r["metrics"][metric]))
+        return sum(values) / len(values) if len(values) == len(cfgs) else float("nan")
+    except Exception:  # noqa: BLE001 - no record (rejected, busy, failed): no objective
+        return float("nan")
+
+
+def _run(cfg: DictConfig) -> str | Outcome:
     run_dir = _run_dir()
     try:
         rc = validate(cfg)
     except ConfigError as e:
         return _reject(e, run_dir)
+
+    if rc.protocol.name == "tuned" and rc.protocol.role is None:
+        return run_tuned(cfg, run_dir)
 
     if rc.replicas > 1:
         return run_replicas(cfg, rc, run_dir)
@@ -75,6 +125,31 @@ def run(cfg: DictConfig) -> str:
     finally:
         lock.release()
         _remove_if_empty(run_dir)  # a rejected run leaves no folder behind
+
+
+def run_tuned(cfg: DictConfig, study_dir: Path) -> Outcome:
+    """protocol=tuned: this job is one arm's study (regbench/tuning/study.py); returns the status of
+    its runs and the best trial's score."""
+    from regbench.tuning.space import parse_space
+    from regbench.tuning.study import run_study
+
+    try:
+        parse_space(cfg)
+    except ConfigError as e:
+        return Outcome(_reject(e, study_dir))
+    try:
+        status, best = run_study(cfg, study_dir)
+    except SystemExit as e:
+        _exit_on_sigterm(e)
+        raise
+    except _rejected() as e:
+        return Outcome(_reject(e, study_dir))
+    except Exception as e:
+        log.exception("tuning study %s failed", study_dir.name)
+        if not _is_multirun():
+            raise
+        return Outcome("failed")
+    return Outcome(status, best)
 
 
 def _exit_on_sigterm(e: SystemExit) -> None:

@@ -30,6 +30,9 @@ TOKEN_ENV = "REGBENCH_SWEEP_TOKEN"
 class SweepStatus(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[TOKEN_ENV] = uuid.uuid4().hex  # inherited by the job processes started after this
+        # the sweep folder exists before the sweeper starts: hydra/sweeper=optuna opens its SQLite
+        # storage there (hparams_search presets) before any job has created the folder
+        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         token = os.environ.get(TOKEN_ENV)
