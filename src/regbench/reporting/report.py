@@ -5,7 +5,9 @@
 
 Files written into out_dir: per_arm.{md,csv,tex}, comparison.{md,csv} (the same per-arm table under
 its older name), pairwise.{md,csv,tex}, ranking.{md,csv,tex} (only when the runs cover several
-data/model/config contexts; a stale one is removed otherwise), curves.png, intervals.png, gap.png.
+data/model/config contexts; a stale one is removed otherwise), curves.png, intervals.png, gap.png,
+and, when the folder holds protocol=tuned runs, tuning.md and its files (reporting/tuning.py; the
+tuning runs enter only that report, never the tables above).
 Everything is a pure function of the records: regenerating gives byte-identical files.
 """
 
@@ -97,7 +99,9 @@ def write_report(paths, out_dir=None, *, baseline: str = "none", metric: str = "
         raise NoRunsError(f"no runs: no {RESULTS_FILE} found in {where}")
     if loaded.runs.empty:
         raise NoRunsError(f"no runs: all {loaded.found} {RESULTS_FILE} files in {where} are unreadable")
-    runs = loaded.runs
+    from regbench.reporting import tuning  # protocol=tuned: its tuning runs have their own report
+
+    runs = tuning.without_tuning_runs(loaded.runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     legends = _legends(metric)
 
@@ -129,6 +133,7 @@ def write_report(paths, out_dir=None, *, baseline: str = "none", metric: str = "
         from regbench.reporting.plots import write_plots  # matplotlib only when plotting
 
         files += write_plots(runs, per_arm, out_dir, metric, baseline)
+    files += tuning.write_tuning_report(loaded.runs, out_dir, baseline, plots)
     return Report(out_dir=out_dir, per_arm=per_arm, pairwise=pairwise, ranking=ranking,
                   n_runs=len(runs), skipped=loaded.skipped, files=files, markdown=md)
 
