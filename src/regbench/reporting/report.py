@@ -154,6 +154,9 @@ def find_sweep_dirs(roots) -> list[Path]:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             d = Path(dirpath)
+            if "study.db" in filenames:  # a tuned arm's study: its runs belong to the sweep folder's report
+                dirnames.clear()
+                continue
             if "multirun.yaml" in filenames or any((d / c / RESULTS_FILE).is_file() for c in dirnames):
                 found.add(d)
     return sorted(found)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import traceback
+import warnings
 from dataclasses import replace
 from itertools import product
 from pathlib import Path
@@ -156,13 +157,18 @@ def run_study(cfg: DictConfig, study_dir: Path) -> tuple[str, float]:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # left by a killed process
             study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             study._storage.set_trial_state(t._trial_id, TrialState.FAIL)
-            study.enqueue_trial(t.params)
+            if t.params:  # (a process killed between ask and suggest left none)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.enqueue_trial(t.params)
             log.info("%s: trial %d was interrupted: its values are queued again", name, t.number)
         if p.sampler == "grid" and n_before == 0:
             points = [dict(zip(g := S.grid(params, p.trials), combo)) for combo in product(*g.values())]
             random.Random(p.sampler_seed).shuffle(points)
-            for values in points[:p.trials]:
-                study.enqueue_trial(values)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                for values in points[:p.trials]:
+                    study.enqueue_trial(values)
         tune_seeds = list(range(p.tune_seed_start, p.tune_seed_start + p.tune_seeds))
         statuses = []
         while sum(counted(t) for t in study.get_trials(deepcopy=False)) < p.trials:
