@@ -183,6 +183,18 @@ def test_a_killed_tuning_run_resumes_without_repeating_a_finished_trial(tmp_path
     assert len(records(db.parent / "final")) == 2
 
 
+def test_a_trial_whose_records_are_ok_is_read_by_run_id_not_retrained(tmp_path):
+    from regbench.tuning.study import train_seeds
+
+    cfg = compose(["regularizer=dropout", *TINY_TUNED])
+    first = train_seeds(cfg, [0, 1], tmp_path, "g", True, "t")
+    written = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")}
+    assert len(written) == 2
+    again = train_seeds(cfg, [0, 1], tmp_path, "g", True, "t")
+    assert [(r["run_id"], r["metrics"]) for r in again] == [(r["run_id"], r["metrics"]) for r in first]
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")} == written
+
+
 # ------------------------------------------------------------------------ the test split
 def test_selection_ignores_the_test_split(tmp_path, monkeypatch):
     """A planted permutation of the test labels changes every test metric and no choice."""
