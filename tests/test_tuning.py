@@ -184,9 +184,9 @@ def test_a_killed_tuning_run_resumes_without_repeating_a_finished_trial(tmp_path
 
 
 def test_a_trial_whose_records_are_ok_is_read_by_run_id_not_retrained(tmp_path):
-    from regbench.tuning.study import train_seeds
+    from regbench.tuning.study import _marked, train_seeds
 
-    cfg = compose(["regularizer=dropout", *TINY_TUNED])
+    cfg = _marked(compose(["regularizer=dropout", *TINY_TUNED]), {"optim.lr": 0.003}, "tune", 0, "s")
     first = train_seeds(cfg, [0, 1], tmp_path, "g", True, "t")
     written = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")}
     assert len(written) == 2
