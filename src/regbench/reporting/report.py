@@ -103,6 +103,11 @@ def write_report(paths, out_dir=None, *, baseline: str = "none", metric: str = "
 
     runs = tuning.without_tuning_runs(loaded.runs)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if runs.empty:  # a tuned sweep still tuning: only its tuning report so far
+        files = tuning.write_tuning_report(loaded.runs, out_dir, baseline, plots)
+        return Report(out_dir=out_dir, per_arm=pd.DataFrame(), pairwise=pd.DataFrame(), ranking=None,
+                      n_runs=len(loaded.runs), skipped=loaded.skipped, files=files,
+                      markdown=f"no final or fixed runs yet: {len(loaded.runs)} tuning runs, see tuning.md\n")
     legends = _legends(metric)
 
     read_note = f"{len(runs)} runs read from {loaded.found} {RESULTS_FILE} files"
