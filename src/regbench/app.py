@@ -23,6 +23,7 @@ import regbench
 
 from regbench.config import ConfigError, RunConfig, validate
 from regbench.naming import group_hash, run_id
+from regbench.health import COLLAPSED, mark_health
 from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
 from regbench.rundir import CHECKPOINT_DIR, RunLock, clean_partial, last_checkpoint
 
@@ -105,7 +106,7 @@ def _run(cfg: DictConfig) -> str | Outcome:
     done = run_dir / RESULTS_FILE
     if done.exists() and not rc.force:
         try:
-            if read_record(done)["status"] == "ok":
+            if read_record(done)["status"] in DONE:
                 log.info("skipping %s: results.json says ok (force=true reruns it)", run_dir.name)
                 return "skipped"
         except ValueError as e:
@@ -160,7 +161,8 @@ def _exit_on_sigterm(e: SystemExit) -> None:
         raise SystemExit(128 + 15) from e
 
 
-WORST_FIRST = ("failed", "rejected", "diverged", "busy", "ok", "skipped")
+WORST_FIRST = ("failed", "rejected", "diverged", COLLAPSED, "busy", "ok", "skipped")
+DONE = ("ok", COLLAPSED)  # finished records a rerun skips (a collapsed run would collapse again: same seed)
 
 
 def _worst(statuses: list[str]) -> str:
@@ -169,7 +171,7 @@ def _worst(statuses: list[str]) -> str:
 
 def _is_done(run_dir: Path) -> bool:
     try:
-        return read_record(run_dir / RESULTS_FILE)["status"] == "ok"
+        return read_record(run_dir / RESULTS_FILE)["status"] in DONE
     except ValueError:
         return False
 
@@ -225,7 +227,7 @@ def run_replicas(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
         for i in todo:
             record = _base_record(cfgs[i], replace(rc, seed=seeds[i]), dirs[i])
             record.update(results[i])
-            write_record(dirs[i], record)
+            write_record(dirs[i], mark_health(record))
         log.info("%d stacked replicas: test/acc %s", len(seeds),
                  " ".join(f"{results[i]['metrics']['test/acc']:.3f}" for i in todo))
         return _worst([results[i]["status"] for i in todo])
@@ -265,7 +267,7 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
-    write_record(run_dir, record)
+    write_record(run_dir, mark_health(record))
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # the record is complete: resuming is moot
     log.info("%s: %s test/acc %.4f (%d epochs, %.1f s)", run_dir.name, record["status"],
              record["metrics"]["test/acc"], record["epochs_trained"], record["train_seconds"])
@@ -342,7 +344,7 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     if rc.trainer.threads:
         torch.set_num_threads(rc.trainer.threads)
     device = pick_device(rc.trainer.accelerator)
-    data_kwargs = {k: getattr(rc.data, k) for k in data_keys}
+    data_kwargs = split_kwargs({k: getattr(rc.data, k) for k in data_keys}, rc.seed)
     data = build_data(rc.data.name, **data_kwargs).to(device)
 
     r = rc.regularizer
@@ -426,6 +428,13 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
                   if guard.diverged_epoch is not None else "a final metric is non-finite"),
         "extra": extra,
     }
+
+
+def split_kwargs(data_kwargs: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The data builder's keyword arguments: `split_per_seed` turns into split_seed + seed."""
+    if data_kwargs.pop("split_per_seed", None):
+        data_kwargs["split_seed"] = data_kwargs["split_seed"] + seed
+    return data_kwargs
 
 
 def _finite(v: float) -> bool:

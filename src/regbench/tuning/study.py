@@ -10,7 +10,7 @@ name), so it is a real, resumable database of trials. Each trial:
      can (training/replicas.py), else one separate run per seed; each seed writes an ordinary record
      into `<study_dir>/tune/<run id>/` whose config says `protocol.role: tune` and the trial number;
   3. scores the trial with the mean of `protocol.metric` (a validation metric: the test split is never
-     read for a choice) over the k seeds. A trial in which a seed diverged or failed gets no score
+     read for a choice) over the k seeds. A trial in which a seed collapsed, diverged or failed gets no score
      (Optuna state FAIL) and still counts against the budget N.
 
 When N trials have ended, the best-scoring trial's config (ties: the earlier trial) is trained on the
@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from regbench.config import ConfigError, validate
 from regbench.naming import result_config, run_id, short_hash
+from regbench.health import mark_health
 from regbench.records import read_record, RESULTS_FILE, write_record
 from regbench.rundir import RunLock, clean_partial
 from regbench.tuning import space as S
@@ -50,11 +51,14 @@ def direction(metric: str) -> str:
 
 
 def _ok_record(run_dir: Path) -> dict | None:
+    """The run's record when it is finished for good (ok, or collapsed: the same seed collapses again)."""
+    from regbench.app import DONE
+
     try:
         r = read_record(run_dir / RESULTS_FILE)
     except ValueError:
         return None
-    return r if r["status"] == "ok" else None
+    return r if r["status"] in DONE else None
 
 
 def train_seeds(cfg: DictConfig, seeds: list[int], out_dir: Path, group_hash: str | None, stack: bool,
@@ -98,6 +102,7 @@ def train_seeds(cfg: DictConfig, seeds: list[int], out_dir: Path, group_hash: st
         record.update(results[i])
         if group_hash is not None:
             record["group_hash"] = group_hash
+        record = mark_health(record)
         write_record(d, record)
         records[i] = record
     return records  # type: ignore[return-value]
@@ -214,7 +219,8 @@ def run_study(cfg: DictConfig, study_dir: Path) -> tuple[str, float]:
         log.info("%s: chose trial %d (%s %.4f over %d seeds): %s; %d final seeds, mean test/acc %.4f", name,
                  best.number, p.metric, best.value, p.tune_seeds, best.params, len(recs),
                  sum(ok) / len(ok) if ok else float("nan"))
-        order = ("failed", "diverged", "busy", "ok")
-        return min(statuses or ["ok"], key=lambda s: order.index(s) if s in order else 0), float(best.value)
+        from regbench.app import _worst
+
+        return _worst(statuses or ["ok"]), float(best.value)
     finally:
         lock.release()
