@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
+# the sweep folder `make run` prints: SWEEP's name= and runs_root= when it sets them
+RUN_DIR = $(or $(patsubst runs_root=%,%,$(filter runs_root=%,$(SWEEP))),runs)/$(or $(patsubst name=%,%,$(filter name=%,$(SWEEP))),default)
 
 .PHONY: setup run test test-slow tables bench study study-replicas study-tuned clean
 
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)     ## the default sweep on MNIST-1D (4 arms x 3 seeds, both cores), then its table
 	$(PY) run.py -m hydra/launcher=joblib $(SWEEP)
-	$(PY) -m regbench.tables runs/default
+	$(PY) -m regbench.tables $(RUN_DIR)
 
 test: $(STAMP)    ## the test suite (slow tests excluded; see test-slow)
 	$(PY) -m pytest -q
@@ -27,10 +29,16 @@ test: $(STAMP)    ## the test suite (slow tests excluded; see test-slow)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-tables: $(STAMP)  ## regenerate every report from the records on disk (no training)
-	$(PY) -m regbench.tables --each runs experiments
-	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) -m regbench.study $(STUDY); fi
-	if [ -f $(REPLICAS)/per_arm.csv ] && [ -f $(STUDY)/per_arm.csv ]; then $(PY) $(REPLICAS)/compare.py > /dev/null; fi
+# --if-changed: a report is rebuilt only when its records (or the reporting code) changed since it was
+# written (.report_stamp in each folder); FORCE=1 rebuilds them all. agreement.md is redone when
+# either study's per-arm table is newer than it.
+tables: $(STAMP)  ## regenerate the reports whose records changed (no training); says what it rebuilt
+	$(PY) -m regbench.tables --each $(if $(FORCE),,--if-changed) runs experiments
+	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) -m regbench.study $(STUDY) $(if $(FORCE),,--if-changed); fi
+	if [ -f $(REPLICAS)/per_arm.csv ] && [ -f $(STUDY)/per_arm.csv ] && { [ -n "$(FORCE)" ] || \
+	    [ ! -f $(REPLICAS)/agreement.md ] || [ $(REPLICAS)/per_arm.csv -nt $(REPLICAS)/agreement.md ] || \
+	    [ $(STUDY)/per_arm.csv -nt $(REPLICAS)/agreement.md ]; }; then \
+	  $(PY) $(REPLICAS)/compare.py > /dev/null && echo "$(REPLICAS)/agreement.md: rebuilt"; fi
 
 bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> benchmarks/results.md
 	$(PY) benchmarks/bench.py

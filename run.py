@@ -17,4 +17,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from regbench.argv import check
+
+    sys.argv = check(sys.argv)  # mistakes Hydra answers unhelpfully (+experiment=, a preset without -m, ...)
     main()

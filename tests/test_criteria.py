@@ -118,16 +118,17 @@ def test_pq_quantities_follow_the_formula():
 def test_reasons_name_the_criterion_and_values():
     crit = GL(5)
     assert run(crit, [1.0, 0.75, 0.5, 0.515625, 0.5, 0.53125]) == 6
-    assert crit.reason == "GL_5: GL=6.25 > 5 at epoch 6"
+    # epochs in reasons are 0-based: the 6th update is epoch 5
+    assert crit.reason == "GL_5: GL=6.25 > 5 at epoch 5"
     crit = Patience(3, 0.1)
     run(crit, PATIENCE_CASES[0][1])
-    assert crit.reason.startswith("Patience_3:") and "epoch 7" in crit.reason and "0.69 (epoch 4)" in crit.reason
+    assert crit.reason.startswith("Patience_3:") and "stopped at epoch 6" in crit.reason and "0.69 (epoch 3)" in crit.reason
     crit = PQ(0.5, k=5)
     run(crit, PQ_VAL, PQ_TRAIN)
-    assert crit.reason.startswith("PQ_0.5: GL/P_5 = 18.37/11.36 = 1.616 > 0.5 at epoch 15")
+    assert crit.reason.startswith("PQ_0.5: GL/P_5 = 18.37/11.36 = 1.616 > 0.5 at epoch 14")
     crit = UP(2, k=2)
     run(crit, UP_VAL)
-    assert crit.reason == "UP_2: validation error rose in 2 successive strips of 2 (0.65 < 0.74 < 0.8) at epoch 12"
+    assert crit.reason == "UP_2: validation error rose in 2 successive strips of 2 (0.65 < 0.74 < 0.8) at epoch 11"
 
 
 def test_fired_criterion_stays_fired():
@@ -141,7 +142,7 @@ def test_fired_criterion_stays_fired():
 def test_non_finite_validation_stops(criterion):
     assert criterion.update(1.0, 1.0) is False
     assert criterion.update(float("nan"), 1.0) is True
-    assert "not finite" in criterion.reason and "epoch 2" in criterion.reason
+    assert "not finite" in criterion.reason and "epoch 1" in criterion.reason
 
 
 def test_pq_non_finite_training_loss_stops():
@@ -265,7 +266,7 @@ def test_callback_stops_like_the_criterion():
     trainer = drive(cb, [1.0, 0.75, 0.5, 0.515625, 0.5, 0.53125, 0.4])
     assert trainer.should_stop and trainer.current_epoch == 5
     assert cb.stopped_epoch == 5  # Lightning's 0-based epoch of the criterion's epoch 6
-    assert cb.reason == "GL_5: GL=6.25 > 5 at epoch 6 (trainer epoch 5)"
+    assert cb.reason == "GL_5: GL=6.25 > 5 at epoch 5"
 
 
 def test_callback_uses_the_same_epochs_training_loss():
@@ -293,6 +294,15 @@ def test_callback_mode_max_uses_the_error():
     drive(cb, [0.5, 0.75, 0.75, 0.734375, 0.9], val_key="val/acc")
     assert cb.stopped_epoch == 3
     assert cb.criterion.e_opt == 0.25
+
+
+def test_callback_reason_shows_the_monitored_accuracy_and_0_based_epochs():
+    # val/acc .5, .75, then no gain: Patience(2) stops at epoch 3; its best is the accuracy 0.75 of epoch 1
+    cb = CriterionStopping(Patience(2), monitor="val/acc", mode="max")
+    drive(cb, [0.5, 0.75, 0.7, 0.74, 0.9], val_key="val/acc")
+    assert cb.stopped_epoch == 3
+    assert cb.reason == ("Patience_2: val/acc did not improve by more than 0 on its best 0.75 (epoch 1) "
+                         "for 2 epochs; stopped at epoch 3")
 
 
 def test_callback_argument_and_metric_errors():

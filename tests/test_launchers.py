@@ -21,6 +21,11 @@ def test_joblib_launcher_runs_the_sweep_in_parallel_worker_processes(tmp_path):
     assert all(x["extra"]["threads"] == 1 for x in recs)  # jobs x threads never exceeds the 2 cores
     assert "sweep finished: 4 runs: 4 ok" in r.stderr
     assert (tmp_path / "default" / "per_arm.md").exists()
+    # the workers report progress as their jobs end (joblib itself prints nothing between launch and end)
+    import re
+
+    done = [int(m) for m in re.findall(r"sweep progress: (\d)/4 runs done \(\d ok\), elapsed \d+:\d\d, ETA \d+:\d\d", r.stderr)]
+    assert sorted(done) == [1, 2, 3, 4]
 
 
 def test_submitit_local_runs_each_job_as_its_own_process(tmp_path):

@@ -34,14 +34,22 @@ def _digests(folder):
 
 def test_plots_are_valid_pngs_and_regenerate_byte_identically(sweep):
     rep = write_report([sweep], sweep)
+    from PIL import Image
+
     for name in PLOTS:
         data = (sweep / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and b"Software" not in data
         img = imread(sweep / name)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        assert min(Image.open(sweep / name).info["dpi"]) >= 199.9  # print resolution: 200 dpi
         assert sweep / name in rep.files
+        # every figure also as a vector PDF, without a creation date (regenerates byte-identically)
+        pdf = (sweep / name).with_suffix(".pdf")
+        assert pdf.read_bytes().startswith(b"%PDF") and b"CreationDate" not in pdf.read_bytes()
+        assert pdf in rep.files
     first = _digests(sweep)
-    assert {"per_arm.md", "per_arm.csv", "per_arm.tex", "pairwise.md", "comparison.csv", *PLOTS} <= set(first)
+    assert {"per_arm.md", "per_arm.csv", "per_arm.tex", "pairwise.md", "comparison.csv", *PLOTS,
+            *(p.replace(".png", ".pdf") for p in PLOTS)} <= set(first)
     write_report([sweep], sweep)  # what `make tables` does on an unchanged folder
     assert _digests(sweep) == first
 
@@ -55,3 +63,51 @@ def test_ragged_histories_average_the_runs_still_training():
     np.testing.assert_allclose(mean, [0.2, 0.3, 0.4, 0.6, 0.7])
     assert lo[0] < 0.2 < hi[0]
     assert np.isnan(lo[3]) and np.isnan(hi[4])  # a single run left: no band
+
+
+@pytest.fixture
+def figures(tmp_path, monkeypatch):
+    """The figures write_plots draws, kept instead of saved: (name -> Figure), from runs of one
+    data/model at two training-set sizes whose loss bands would dip below 0 and accuracy bands above 1."""
+    from regbench.reporting import plots
+
+    kept = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: kept.setdefault(f"{path.parent.name}/{path.stem}", fig) and [path])
+    rng = np.random.default_rng(0)
+    recs = []
+    for n, h in ((500, "h500"), (2000, "h2000")):
+        for arm in ("none", "early_stop"):
+            for s in range(4):
+                cfg = {"seed": s, "data": {"name": "mnist1d", "train_size": n}, "model": {"name": "mlp"},
+                       "regularizer": {"name": arm}, "trainer": {"max_epochs": 6}}
+                recs.append(make_record(seed=s, acc=float(0.97 + 0.03 * rng.random()), regularizer=arm,
+                                        group_hash=h, loss=float(0.05 * rng.random()), config=cfg, epochs=6))
+    write_runs(tmp_path / "sizes", recs)
+    write_report([tmp_path / "sizes"], tmp_path / "sizes")
+    write_runs(tmp_path / "one", recs[:8])  # one setting: the narrowest figures, whose titles were clipped
+    write_report([tmp_path / "one"], tmp_path / "one")
+    return kept
+
+
+def test_figures_are_bounded_labelled_by_setting_and_titled_within_the_page(figures):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    assert set(figures) == {f"{d}/{f}" for d in ("sizes", "one") for f in ("curves", "intervals", "gap")}
+    titles = [ax.get_title() for k, fig in figures.items() if k.startswith("sizes/") for ax in fig.axes if ax.get_visible()]
+    assert any(t.startswith("mnist1d/mlp, n=500") for t in titles) and any("n=2000" in t for t in titles)
+    assert not any("h500" in t or "[" in t for t in titles)  # setting names, not hashes
+    for name, fig in figures.items():
+        FigureCanvasAgg(fig)
+        fig.draw_without_rendering()
+        box = fig._suptitle.get_window_extent()
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width, name  # the title is not clipped
+    assert figures["one/curves"].axes[0].get_title() == "mnist1d/mlp: accuracy"  # alone: no setting needed
+    for ax in figures["sizes/curves"].axes:
+        lo, hi = ax.get_ylim()
+        if ax.get_title().endswith("accuracy"):
+            assert 0 <= lo and hi <= 1 and ax.get_legend() is not None
+        else:
+            assert lo >= 0  # no band below zero loss
+    for ax in figures["sizes/intervals"].axes:
+        lo, hi = ax.get_xlim()
+        assert 0 <= lo and hi <= 1

@@ -352,6 +352,7 @@ def test_dropout_on_conv_maps_uses_the_conv_rate_and_is_stacked(small):
 # ------------------------------------------------------------------------------------ per-replica stopping
 def test_replicas_stop_early_on_their_own_epochs_and_restore_their_own_best(small):
     from regbench.regularizers.criteria import Patience
+    from regbench.regularizers.early_stopping import one_minus
 
     reg = reg_for("dropout_early_stop", "regularizer.early_stop.patience=3", max_epochs=40)
     seeds = list(range(6))
@@ -367,8 +368,10 @@ def test_replicas_stop_early_on_their_own_epochs_and_restore_their_own_best(smal
         assert r["best_epoch"] == h["val/acc"].index(max(h["val/acc"]))
         # its own criterion, replayed on its own history, fires at its own stop
         crit = Patience(3)
+        crit.describe_as("val/acc", one_minus)  # as CriterionStopping does: the reason shows the accuracy
         fired = [crit.update(1 - a, l) for a, l in zip(h["val/acc"], h["train/loss"])]
-        assert fired.index(True) == r["stopped_epoch"] and r["stop_reason"].startswith(crit.reason)
+        assert fired.index(True) == r["stopped_epoch"] and r["stop_reason"] == crit.reason
+        assert f"on its best {max(h['val/acc']):.4g} (epoch {r['best_epoch']})" in r["stop_reason"]
         # the restored weights are the best epoch's: the same validation accuracy
         assert r["metrics"]["val/acc"] == pytest.approx(h["val/acc"][r["best_epoch"]], abs=1e-9)
         assert r["metrics"]["best_val/acc"] == max(h["val/acc"])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import compose, tiny
-from regbench.app import train
+from regbench.app import _hparams, train
 from regbench.config import validate
 from regbench.training.callbacks import BestWeights, History
 from regbench.training.module import Classifier
@@ -21,7 +21,7 @@ def train_in_process(tmp_path, *overrides: str) -> dict:
     cfg = compose(list(overrides))
     rc = validate(cfg)
     return train(rc, tmp_path, data_keys=[k for k in cfg.data if k != "name"],
-                 model_keys=[k for k in cfg.model if k != "name"])
+                 model_keys=[k for k in cfg.model if k != "name"], hparams=_hparams(cfg))
 
 
 class Scripted(pl.LightningModule):
@@ -98,7 +98,7 @@ def test_a_run_records_what_it_did(tmp_path):
     assert r["history"]["epoch"] == [0, 1, 2]
     assert 0.1 < r["metrics"]["test/acc"] <= 1 and r["metrics"]["best_val/acc"] == max(r["history"]["val/acc"])
     assert not r["stopped_early"] and not r["restored_best"]
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert list(tmp_path.glob("events.out.tfevents.*"))
 
 
 def test_early_stop_arm_tests_the_restored_best_epoch(tmp_path):
@@ -106,6 +106,9 @@ def test_early_stop_arm_tests_the_restored_best_epoch(tmp_path):
                          "trainer.max_epochs=40", "trainer.progress_every=0")
     assert r["stopped_early"] and r["restored_best"]
     assert r["stopped_epoch"] == r["best_epoch"] + 2
+    # the reason names the monitored accuracy as it was and the record's own (0-based) epochs
+    assert (f"val/acc did not improve by more than 0 on its best {r['metrics']['best_val/acc']:.4g} "
+            f"(epoch {r['best_epoch']}) for 2 epochs; stopped at epoch {r['stopped_epoch']}") in r["stop_reason"]
     assert r["epochs_trained"] == r["stopped_epoch"] + 1
     # the weights evaluated at the end are those of the best epoch: same validation accuracy
     assert r["metrics"]["val/acc"] == pytest.approx(r["history"]["val/acc"][r["best_epoch"]], abs=1e-6)

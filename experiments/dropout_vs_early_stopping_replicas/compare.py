@@ -43,15 +43,17 @@ def plot(m: pd.DataFrame, path: Path) -> None:
                     xerr=[g.test_acc_mean_sep - g.test_acc_ci95_low_sep, g.test_acc_ci95_high_sep - g.test_acc_mean_sep],
                     yerr=[g.test_acc_mean_rep - g.test_acc_ci95_low_rep, g.test_acc_ci95_high_rep - g.test_acc_mean_rep],
                     fmt="o", ms=4, capsize=2, lw=1, label=setting)
-    lo = min(m.test_acc_ci95_low_sep.min(), m.test_acc_ci95_low_rep.min()) - 0.02
-    hi = max(m.test_acc_ci95_high_sep.max(), m.test_acc_ci95_high_rep.max()) + 0.02
+    lo = max(0.0, min(m.test_acc_ci95_low_sep.min(), m.test_acc_ci95_low_rep.min()) - 0.02)   # accuracy: [0, 1]
+    hi = min(1.0, max(m.test_acc_ci95_high_sep.max(), m.test_acc_ci95_high_rep.max()) + 0.02)
     ax.plot([lo, hi], [lo, hi], color="0.6", lw=1, zorder=0)
     ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="separate runs: mean test accuracy (95% CI)",
            ylabel="stacked replicas: mean test accuracy (95% CI)",
            title=f"{len(m)} arms, 10 seeds each: CIs overlap for {int(m.overlap.sum())}")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    from regbench.reporting.plots import _save
+
+    _save(fig, path)  # PNG (200 dpi) and PDF
 
 
 def main() -> str:

@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +251,8 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     record = _base_record(cfg, rc, run_dir)
     try:
         record.update(train(rc, run_dir, data_keys=[k for k in cfg.data if k != "name"],
-                            model_keys=[k for k in cfg.model if k != "name"], resume=resume))
+                            model_keys=[k for k in cfg.model if k != "name"], resume=resume,
+                            hparams=_hparams(cfg)))
     except REJECTED as e:  # bad input found while building (arm/model/data mismatch): nothing is recorded
         clean_partial(run_dir)
         (run_dir / "run.log").unlink(missing_ok=True)
@@ -322,7 +323,7 @@ def pick_device(accelerator: str) -> str:
 
 
 def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[str],
-          resume: Path | None = None) -> dict[str, Any]:
+          resume: Path | None = None, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build everything from the validated config, train, test; return the record's measured fields.
 
     Only the keys a data / model YAML sets are passed to its builder (the schema knows the keys of
@@ -330,12 +331,12 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     """
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.loggers import TensorBoardLogger
 
     from regbench.data import build_data
-    from regbench.models import build_model
-    from regbench.regularizers import build_regularization
-    from regbench.training.callbacks import BestWeights, DivergenceGuard, EpochProgress, History, PeriodicCheckpoint
+    from regbench.training.callbacks import (BestWeights, DivergenceGuard, EpochBar, EpochProgress, History,
+                                             PeriodicCheckpoint, want_bar)
+    from regbench.training.loggers import build_logger, log_final
+    from regbench.training.quiet import silence_known_noise
     from regbench.training.loop import EpochData, evaluate
     from regbench.training.module import Classifier
 
@@ -347,33 +348,32 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     data_kwargs = split_kwargs({k: getattr(rc.data, k) for k in data_keys}, rc.seed)
     data = build_data(rc.data.name, **data_kwargs).to(device)
 
-    r = rc.regularizer
-    reg = build_regularization(r.name, dropout=r.dropout, early_stop=r.early_stop, weight_decay=r.weight_decay,
-                               maxnorm=r.maxnorm, rdrop_alpha=r.rdrop_alpha, mc_samples=r.mc_samples,
-                               max_epochs=rc.trainer.max_epochs)
+    reg = regularization_of(rc)
     pl.seed_everything(rc.seed, workers=False, verbose=False)
-    model_kwargs = {k: getattr(rc.model, k) for k in model_keys}
-    net = build_model(rc.model.name, data.input_shape, data.num_classes, reg.slots, regularizer=r.name,
-                      data_name=rc.data.name, **model_kwargs)
+    net = network_of(rc, data, reg, model_keys)
     module = Classifier(net, reg.objective, make_optimizer(rc.optim.name, rc.optim.lr, rc.optim.momentum,
                                                            reg.weight_decay),
                         rc.optim.batch_size, rc.trainer.eval_batch_size, seed=rc.seed)
 
     best = BestWeights(reg.monitor, reg.mode, restore=reg.restore_best)
     history, guard = History(), DivergenceGuard()
-    callbacks = [*reg.callbacks, best, history, guard, EpochProgress(rc.trainer.progress_every, run_dir.name)]
+    bar = want_bar(rc.trainer.progress_bar)
+    callbacks = [*reg.callbacks, best, history, guard, EpochProgress(0 if bar else rc.trainer.progress_every, run_dir.name)]
+    if bar:
+        callbacks.append(EpochBar(run_dir.name))
     if rc.trainer.checkpoint_every:  # last: it saves the state the callbacks above updated this epoch
         callbacks.append(PeriodicCheckpoint(run_dir / CHECKPOINT_DIR / "last.ckpt", rc.trainer.checkpoint_every))
     # a resumed run logs again from the epoch after its checkpoint: purge_step makes TensorBoard drop
     # what the interrupted process wrote from there on (its reader drops a restart only when the step
     # goes back, not when it repeats the last one), so each epoch appears once in the curves
-    purge = {"purge_step": _checkpoint_epoch(resume) + 1} if resume is not None else {}
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False, **purge)
+    logger = build_logger(rc.logger.name, run_dir, experiment=rc.name, tracking_uri=rc.logger.tracking_uri,
+                          purge_step=_checkpoint_epoch(resume) + 1 if resume is not None else None)
+    silence_known_noise()
     trainer = pl.Trainer(
         max_epochs=rc.trainer.max_epochs, accelerator="gpu" if device == "cuda" else device,
         devices=rc.trainer.devices, precision=rc.trainer.precision, deterministic=rc.trainer.deterministic,
         callbacks=callbacks, logger=logger, log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        enable_progress_bar=bar, enable_model_summary=False, enable_checkpointing=False,
         default_root_dir=str(run_dir),
     )
     epochs = EpochData(data.x_train, data.y_train, data.x_val, data.y_val)
@@ -400,8 +400,9 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     stopper = next((c for c in reg.callbacks if hasattr(c, "stopped_epoch")), None)
     stopped_epoch = getattr(stopper, "stopped_epoch", None) if stopper else None
     diverged = guard.diverged_epoch is not None or not all(map(_finite, metrics.values()))
-    logger.log_hyperparams(_flat_hparams(rc), metrics={f"hp/{k}": v for k, v in metrics.items()})
-    logger.finalize("success")
+    log_final(logger, hparams if hparams is not None else {}, metrics, step=max(len(h["epoch"]) - 1, 0))
+    save_weights(run_dir, net, run_id=run_dir.name, restored_best=best.restored, best_epoch=best.best_epoch,
+                 epochs_trained=len(h["epoch"]), metrics=metrics)
     extra: dict[str, Any] = {"import_seconds": import_seconds, "setup_seconds": setup_seconds, "device": device, "resumed": resume is not None,
                              "pid": os.getpid(), "threads": torch.get_num_threads(),
                              "parameters": sum(p.numel() for p in net.parameters())}
@@ -430,6 +431,25 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     }
 
 
+def regularization_of(rc: RunConfig):
+    """The run's regularization (layers' slots, objective, callbacks) from its validated config."""
+    from regbench.regularizers import build_regularization
+
+    r = rc.regularizer
+    return build_regularization(r.name, dropout=r.dropout, early_stop=r.early_stop, weight_decay=r.weight_decay,
+                                maxnorm=r.maxnorm, rdrop_alpha=r.rdrop_alpha, mc_samples=r.mc_samples,
+                                max_epochs=rc.trainer.max_epochs)
+
+
+def network_of(rc: RunConfig, data, reg, model_keys: list[str]):
+    """The run's network for `data` (its input shape and classes), with `reg`'s slots filled."""
+    from regbench.models import build_model
+
+    model_kwargs = {k: getattr(rc.model, k) for k in model_keys}
+    return build_model(rc.model.name, data.input_shape, data.num_classes, reg.slots, regularizer=rc.regularizer.name,
+                       data_name=rc.data.name, **model_kwargs)
+
+
 def split_kwargs(data_kwargs: dict[str, Any], seed: int) -> dict[str, Any]:
     """The data builder's keyword arguments: `split_per_seed` turns into split_seed + seed."""
     if data_kwargs.pop("split_per_seed", None):
@@ -456,15 +476,26 @@ def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
     return build
 
 
-def _flat_hparams(rc: RunConfig) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
+def _hparams(cfg: DictConfig) -> dict[str, Any]:
+    """What every logger records as the run's hyperparameters: the resolved config, flattened."""
+    from regbench.training.loggers import flat_hparams
 
-    def walk(d: Any, prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif k not in ("root",):
-                flat[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return flat_hparams(OmegaConf.to_container(cfg, resolve=True))
 
-    walk(asdict(rc), "")
-    return flat
+
+WEIGHTS_FILE = "best.ckpt"
+
+
+def save_weights(run_dir: Path, net, **meta: Any) -> Path:
+    """`<run>/best.ckpt`: the weights the record's metrics were measured on (the best validation
+    epoch's when an early-stopping arm restored them, else the last epoch's), as a plain state_dict
+    of tensors beside plain metadata, so `torch.load(path, weights_only=True)` reads it safely.
+    Written atomically, before results.json."""
+    import torch
+
+    plain = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    plain["metrics"] = {k: float(v) for k, v in meta.get("metrics", {}).items()}
+    path, tmp = run_dir / WEIGHTS_FILE, run_dir / (WEIGHTS_FILE + ".tmp")
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "meta": plain}, tmp)
+    os.replace(tmp, path)
+    return path

@@ -156,6 +156,13 @@ class TrainerConfig:
     progress_every: int = rng(NONNEG)                 # epochs between progress lines; 0 = none
     eval_batch_size: int = rng(POS_INT)
     checkpoint_every: int = rng(NONNEG)               # epochs between resumable checkpoints; 0 = none
+    progress_bar: Any = "auto"                        # a live epoch bar: auto (on a terminal, not in a worker), true, false
+
+
+@dataclass
+class LoggerConfig:
+    name: str = one_of("tensorboard", "csv", "mlflow")
+    tracking_uri: Optional[str] = None               # mlflow only: a folder (file store) or an MLflow URI
 
 
 # ------------------------------------------------------------------------------------ protocol
@@ -193,6 +200,7 @@ class RunConfig:
     regularizer: RegularizerConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
     seed: int = rng(NONNEG)
     name: str = MISSING                 # runs go to <runs_root>/<name>/<run id>
     runs_root: str = MISSING
@@ -218,6 +226,8 @@ def _check_ranges(obj: Any, path: str) -> None:
 
 def _require(cfg: RunConfig) -> None:
     """Cross-field rules: a component's options that its kind needs."""
+    if cfg.trainer.progress_bar not in ("auto", True, False):
+        raise ConfigError(f"trainer.progress_bar={cfg.trainer.progress_bar!r} is not allowed: choose auto, true or false")
     d, e = cfg.regularizer.dropout, cfg.regularizer.early_stop
     if d is not None:
         if d.kind == "dropblock" and d.block_size is None:

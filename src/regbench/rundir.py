@@ -65,8 +65,9 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 def clean_partial(run_dir: Path) -> None:
     """Remove what an interrupted attempt left (curves, log, old checkpoints) before a fresh start,
     so TensorBoard does not show two attempts' curves mixed in one run."""
-    for name in ("tb", CHECKPOINT_DIR, "traceback.txt", "run.log"):
-        p = run_dir / name
+    partial = [run_dir / n for n in ("tb", "csv", CHECKPOINT_DIR, "traceback.txt", "run.log", "hparams.yaml",
+                                     "best.ckpt", "best.ckpt.tmp")]
+    for p in partial + sorted(run_dir.glob("events.out.tfevents.*")):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         elif p.exists():

@@ -834,7 +834,9 @@ def write_size_plot(series: dict[str, list[tuple[int, float, float, float]]], pa
     ax.set_ylabel("test accuracy difference (pp)")
     ax.set_title("Effect vs training-set size, 95% bootstrap CIs")
     ax.legend(loc="best", fontsize="small")
-    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    from regbench.reporting.plots import _save
+
+    _save(fig, path)  # PNG and PDF
     return path
 
 
@@ -1039,6 +1041,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--template", help=f"README template (default: EXPERIMENT_DIR/{TEMPLATE_NAME}, else the "
                                       f"repository's {DEFAULT_DIR / TEMPLATE_NAME})")
     p.add_argument("--no-plots", action="store_true", help="tables and README only")
+    p.add_argument("--if-changed", action="store_true",
+                   help="do nothing when the records (and the reporting code) are those of the last report")
     args = p.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s: %(message)s")
     d = Path(args.experiment_dir)
@@ -1049,11 +1053,18 @@ def main(argv: list[str] | None = None) -> int:
     if not tpl.is_file():
         print(f"error: template {tpl} not found", file=sys.stderr)
         return 2
+    from regbench.reporting import stamp
+
+    fp = stamp.fingerprint(d, template=tpl.read_text(), plots=not args.no_plots)
+    if args.if_changed and stamp.is_current(d, "study", fp):
+        print(f"{d}: study report unchanged (its records are those of its README)")
+        return 0
     try:
         study = write_study(d, args.template, plots=not args.no_plots)
     except NoRunsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    stamp.mark(d, "study", fp)
     print(f"{study.readme}: {len(study.runs)} runs; verdicts:")
     for k, v in study.verdicts.items():
         print(f"  {k}: {v}")

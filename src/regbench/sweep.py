@@ -5,6 +5,12 @@ worker or a submitit job), so each job appends one JSON line to `<sweep dir>/.sw
 (O_APPEND: lines from parallel jobs never interleave); when the multirun ends, the lines of this
 invocation (its token) are counted. A sweep in which any run failed exits with status 1, after
 every other run has run and the report has been written.
+
+Progress: after each job, the process that ran it logs `sweep progress: k/N runs done (ok, failed,
+...), elapsed, ETA` from those same lines, so it reads the same under the basic launcher, joblib's
+workers and submitit's jobs. N is the sweep's planned job count (the basic sweeper's grid, or an
+Optuna-style sweeper's n_trials); the ETA is elapsed / k x (N - k), which already accounts for jobs
+running in parallel.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -25,6 +32,8 @@ from omegaconf import DictConfig
 log = logging.getLogger("regbench")
 STATUS_FILE = ".sweep_status.jsonl"
 TOKEN_ENV = "REGBENCH_SWEEP_TOKEN"
+TOTAL_ENV = "REGBENCH_SWEEP_TOTAL"
+START_ENV = "REGBENCH_SWEEP_START"
 
 
 class SweepStatus(Callback):
@@ -33,6 +42,11 @@ class SweepStatus(Callback):
         # the sweep folder exists before the sweeper starts: hydra/sweeper=optuna opens its SQLite
         # storage there (hparams_search presets) before any job has created the folder
         Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        os.environ[START_ENV] = repr(time.time())
+        total = planned_jobs(config)
+        os.environ[TOTAL_ENV] = str(total or "")
+        log.info("sweep of %s runs into %s", total if total is not None else "an unknown number of",
+                 config.hydra.sweep.dir)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         token = os.environ.get(TOKEN_ENV)
@@ -52,20 +66,68 @@ class SweepStatus(Callback):
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+        log.info("%s", progress_line(sweep_counts(sweep_dir, token), os.environ.get(TOTAL_ENV),
+                                     os.environ.get(START_ENV)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         _release_idle_workers()
         token = os.environ.pop(TOKEN_ENV, None)
+        os.environ.pop(TOTAL_ENV, None)
+        start = os.environ.pop(START_ENV, None)
         counts = Counter(sweep_counts(Path(config.hydra.sweep.dir), token))
         total = sum(counts.values())
         parts = [f"{counts[s]} {label}" for s, label in (("ok", "ok"), ("collapsed", "collapsed"), ("diverged", "diverged"),
                  ("skipped", "skipped (already ok)"), ("busy", "skipped (running elsewhere)"),
                  ("rejected", "rejected (invalid config)"), ("failed", "failed")) if counts[s]]
-        log.info("sweep finished: %d runs: %s", total, ", ".join(parts) or "none")
+        took = f" (took {_clock(time.time() - float(start))})" if start else ""
+        log.info("sweep finished: %d runs: %s%s", total, ", ".join(parts) or "none", took)
         if counts["failed"] or counts["rejected"]:
             log.error("%d run(s) failed and %d rejected: see the log above, and each failed run's results.json "
                       "and traceback.txt in %s", counts["failed"], counts["rejected"], config.hydra.sweep.dir)
             sys.exit(1)
+
+
+LABELS = (("ok", "ok"), ("diverged", "diverged"), ("skipped", "skipped"), ("busy", "busy elsewhere"),
+          ("rejected", "rejected"), ("failed", "failed"))
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def progress_line(statuses: list[str], total: str | None, start: str | None, now: float | None = None) -> str:
+    """`sweep progress: 3/8 runs done (2 ok, 1 failed), elapsed 0:42, ETA 1:10`."""
+    done = len(statuses)
+    counts = Counter(statuses)
+    parts = ", ".join(f"{counts[s]} {label}" for s, label in LABELS if counts[s])
+    n = int(total) if total else None
+    text = f"sweep progress: {done}/{n if n is not None else '?'} runs done ({parts})"
+    if start:
+        elapsed = (time.time() if now is None else now) - float(start)
+        text += f", elapsed {_clock(elapsed)}"
+        if n is not None and done:
+            text += f", ETA {_clock(elapsed / done * max(n - done, 0))}"
+    return text
+
+
+def planned_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep will launch: the basic sweeper's grid (its `params` and the command
+    line's sweeps, expanded as Hydra expands them), or a sweeper's `n_trials`; None if unknown."""
+    sweeper = config.hydra.sweeper
+    if str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        try:
+            from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+            parsed = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+            return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+        except Exception as e:  # e.g. glob() choices need the config loader: report no N, never fail
+            log.debug("could not count the sweep's jobs: %s", e)
+            return None
+    n = sweeper.get("n_trials")
+    return int(n) if isinstance(n, int) else None
 
 
 def _release_idle_workers() -> None:

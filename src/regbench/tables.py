@@ -2,13 +2,15 @@
 
     python -m regbench.tables [PATH ...] [--out DIR] [--baseline none] [--metric test/acc] [--no-plots]
                               [--equivalence-margin 0.01]
-    python -m regbench.tables --each ROOT [ROOT ...]
+    python -m regbench.tables --each [--if-changed] ROOT [ROOT ...]
     python -m regbench.tables PATH --seeds-for 1pp
 
 The first form pools every results.json below the PATHs (default: runs/) into one report written to
 --out (default: the single PATH given, else runs/) and prints the per-arm table. The second writes a
 report into every sweep folder below each ROOT (a folder with a multirun.yaml, or whose immediate
-subfolders hold results.json); `make tables` runs `python -m regbench.tables --each runs experiments`.
+subfolders hold results.json); with --if-changed only those whose records (or the reporting code)
+changed since their report was written (regbench.reporting.stamp), saying which it rebuilt and which
+it left; `make tables` runs `python -m regbench.tables --each --if-changed runs experiments`.
 The third prints, for every paired comparison of the pairwise table, how many seeds a paired t-test
 at Holm's first-step level (alpha / family size) needs to detect the target difference with 80 %
 power, given the spread of the per-seed differences seen so far (statsmodels TTestPower); it writes
@@ -24,6 +26,7 @@ import sys
 from pathlib import Path
 
 from regbench.records import METRIC_KEYS
+from regbench.reporting import stamp
 from regbench.reporting import stats
 from regbench.reporting.report import NoRunsError, find_sweep_dirs, write_report
 
@@ -37,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--each", action="store_true",
                    help="treat PATHs as roots and write a report into every sweep folder below them")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--if-changed", action="store_true",
+                   help="with --each: rebuild only the reports whose records changed since they were written")
     p.add_argument("--equivalence-margin", type=float, default=None,
                    help=f"smallest difference of interest for the equivalence test (TOST), in the metric's "
                         f"units (default {stats.EQUIVALENCE_MARGIN:g} = 1 pp accuracy)")
@@ -107,17 +112,24 @@ def main(argv: list[str] | None = None) -> int:
         if not sweeps:
             print(f"no runs: no sweep folder found below {', '.join(map(str, paths))}", file=sys.stderr)
             return 1
-        written = 0
+        written = unchanged = 0
         for d in sweeps:
+            fp = stamp.fingerprint(d, **opts)
+            if args.if_changed and stamp.is_current(d, "report", fp):
+                unchanged += 1
+                print(f"{d}: unchanged (its records are those of its report)")
+                continue
             try:
                 r = write_report([d], d, **opts)
             except NoRunsError as e:
                 print(f"warning: {d}: {e}", file=sys.stderr)
                 continue
+            stamp.mark(d, "report", fp)
             written += 1
             skipped = f", {len(r.skipped)} unreadable skipped" if r.skipped else ""
-            print(f"{d}: report of {r.n_runs} runs{skipped}")
-        return 0 if written else 1
+            print(f"{d}: rebuilt: report of {r.n_runs} runs{skipped}")
+        print(f"{written} report(s) rebuilt, {unchanged} unchanged", file=sys.stderr)
+        return 0 if written or unchanged else 1
 
     try:
         r = write_report(paths, args.out, **opts)

@@ -6,14 +6,17 @@ error rate, ``val``) and the epoch's training loss (``train``), and answers whet
     crit = GL(alpha=5)
     for epoch in ...:
         if crit.update(val_loss, train_loss):
-            print(crit.reason)      # e.g. "GL_5: GL=5.7 > 5 at epoch 23"
+            print(crit.reason)      # e.g. "GL_5: GL=5.7 > 5 at epoch 22"
             break
 
 Conventions shared by all criteria:
 
-* ``t`` counts the calls to ``update`` from 1 ("epoch t" in the reasons and formulas,
-  Prechelt's numbering); :class:`~regbench.regularizers.early_stopping.CriterionStopping`
-  adds Lightning's own 0-based epoch to the reason it stores.
+* ``t`` counts the calls to ``update`` from 1 (Prechelt's numbering, in the formulas and
+  ``self.epoch``); the reasons name epochs 0-based (update t is epoch t-1), the base of
+  Lightning's ``current_epoch`` and of the record's ``best_epoch`` and ``stopped_epoch``.
+* ``describe_as(monitor, shown)`` makes the reasons name the monitored metric and show its
+  values as they are (``shown`` maps the minimised quantity back, e.g. ``1 - error`` for an
+  accuracy); :class:`~regbench.regularizers.early_stopping.CriterionStopping` sets it.
 * a non-finite ``val`` (NaN, inf: a diverged run) stops at once, like Lightning's
   ``EarlyStopping(check_finite=True)``.
 * once a criterion has fired it keeps returning True (``stopped``) and keeps its reason.
@@ -62,7 +65,16 @@ class Criterion:
     _state: tuple[str, ...] = ()
 
     def __init__(self) -> None:
+        self.monitor = "validation quantity"
+        self.shown = None  # maps the minimised quantity to the monitored value (None: the same)
         self.reset()
+
+    def describe_as(self, monitor: str, shown=None) -> None:
+        """Name `monitor` in the reasons and show its values through `shown` (a picklable function)."""
+        self.monitor, self.shown = monitor, shown
+
+    def _show(self, v: float) -> str:
+        return _fmt(self.shown(v) if self.shown is not None else v)
 
     # -- public API -------------------------------------------------------------------
 
@@ -86,7 +98,7 @@ class Criterion:
             return True
         self.epoch += 1
         if not math.isfinite(val):
-            reason: str | None = f"{self.label}: validation quantity {val} is not finite at epoch {self.epoch}"
+            reason: str | None = f"{self.label}: {self.monitor} {val} is not finite at epoch {self.epoch - 1}"
         else:
             reason = self._step(val, train)
         if reason is not None:
@@ -177,8 +189,9 @@ class Patience(Criterion):
         self.quantities = {"wait": float(self.wait), "best": self.best}
         # as in Lightning, only a non-improving epoch can stop (matters for patience=0)
         if not improved and self.wait >= self.patience:
-            return (f"{self.label}: no improvement of more than {self.min_delta:g} on the best "
-                    f"{_fmt(self.best)} (epoch {self.best_epoch}) for {self.wait} epochs at epoch {self.epoch}")
+            return (f"{self.label}: {self.monitor} did not improve by more than {self.min_delta:g} on its best "
+                    f"{self._show(self.best)} (epoch {self.best_epoch - 1}) for {self.wait} epochs; "
+                    f"stopped at epoch {self.epoch - 1}")
         return None
 
 
@@ -214,7 +227,7 @@ class GL(Criterion):
         gl = _generalization_loss(val, self.e_opt)
         self.quantities = {"GL": gl}
         if gl > self.alpha:
-            return f"{self.label}: GL={_fmt(gl)} > {self.alpha:g} at epoch {self.epoch}"
+            return f"{self.label}: GL={_fmt(gl)} > {self.alpha:g} at epoch {self.epoch - 1}"
         return None
 
 
@@ -257,7 +270,7 @@ class PQ(Criterion):
         assert train is not None  # enforced by update() through needs_train
         _check_nonnegative(val, self.label, "validation error")
         if not math.isfinite(train):
-            return f"{self.label}: training loss {train} is not finite at epoch {self.epoch}"
+            return f"{self.label}: training loss {train} is not finite at epoch {self.epoch - 1}"
         _check_nonnegative(train, self.label, "training loss")
         self.e_opt = min(self.e_opt, val)
         self.strip.append(train)
@@ -277,7 +290,7 @@ class PQ(Criterion):
         self.quantities = {"GL": gl, f"P_{self.k}": progress, "PQ": pq}
         if pq > self.alpha:
             return (f"{self.label}: GL/P_{self.k} = {_fmt(gl)}/{_fmt(progress)} = {_fmt(pq)} > {self.alpha:g} "
-                    f"at epoch {self.epoch}")
+                    f"at epoch {self.epoch - 1}")
         return None
 
 
@@ -326,5 +339,5 @@ class UP(Criterion):
         if self.rises >= self.s:
             chain = " < ".join(_fmt(v) for v in self.history[-(self.s + 1):])
             return (f"{self.label}: validation error rose in {self.rises} successive strips of {self.k} "
-                    f"({chain}) at epoch {self.epoch}")
+                    f"({chain}) at epoch {self.epoch - 1}")
         return None

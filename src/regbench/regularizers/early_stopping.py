@@ -13,7 +13,12 @@ import pytorch_lightning as pl
 
 from regbench.regularizers.criteria import Criterion
 
-__all__ = ["CriterionStopping"]
+__all__ = ["CriterionStopping", "one_minus"]
+
+
+def one_minus(v: float) -> float:
+    """An accuracy from the error the criteria minimise (a module-level function: picklable)."""
+    return 1.0 - v
 
 
 class CriterionStopping(pl.Callback):
@@ -38,7 +43,8 @@ class CriterionStopping(pl.Callback):
 
     After a stop: ``trainer.should_stop`` is set, ``stopped_epoch`` is
     ``trainer.current_epoch`` (0-based) of the epoch that fired, and ``reason`` the
-    criterion's reason plus that epoch; both are None until then. ``state_dict`` carries
+    criterion's reason, in terms of ``monitor`` as logged (an accuracy, not its error) and
+    0-based epochs; both are None until then. ``state_dict`` carries
     the criterion's state, these two and any pending validation value.
     """
 
@@ -50,6 +56,7 @@ class CriterionStopping(pl.Callback):
         if not isinstance(criterion, Criterion):
             raise TypeError(f"criterion must be a regbench Criterion, got {type(criterion).__name__}")
         self.criterion = criterion
+        criterion.describe_as(monitor, one_minus if mode == "max" else None)
         self.monitor = monitor
         self.mode = mode
         self.train_monitor = train_monitor
@@ -84,7 +91,7 @@ class CriterionStopping(pl.Callback):
             trainer.should_stop = True
             if self.stopped_epoch is None:
                 self.stopped_epoch = int(trainer.current_epoch)
-                self.reason = f"{self.criterion.reason or 'stopped on another rank'} (trainer epoch {self.stopped_epoch})"
+                self.reason = self.criterion.reason or f"stopped on another rank at epoch {self.stopped_epoch}"
 
     # -- checkpointing ----------------------------------------------------------------
 

@@ -1,13 +1,17 @@
 """The report's figures: learning curves, confidence intervals, generalization gap.
 
 Figures are built with matplotlib's object API (no pyplot state, safe inside Hydra callbacks) under
-matplotlib's default style, and saved without the "Software" metadata, so the PNG bytes depend only
-on the records (and the matplotlib / FreeType versions).
+matplotlib's default style, and saved as PNG (200 dpi) and PDF (vector, for papers) without the
+"Software" / creation-date metadata, so the bytes depend only on the records (and the matplotlib /
+FreeType versions). Panels are named by their setting (`mnist1d/mlp, n=500`: the config keys that set
+a group apart from the others of its data/model), titles wrap to the figure's width, accuracy axes
+stay in [0, 1] and loss bands never go below 0.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,14 +23,69 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from scipy import stats as sps
 
+from regbench.reporting.collect import comparable_config, differing_keys
 from regbench.reporting.tables import ordered_arms, tag
 
-DPI = 100
+DPI = 200
+FORMATS = ("png", "pdf")
+_NO_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
+# short names of the config keys that usually tell the settings of one data/model apart
+SHORT = {"data.train_size": "n", "trainer.max_epochs": "epochs", "data.resize": "size", "optim.lr": "lr",
+         "optim.batch_size": "batch"}
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
-    return path
+def _save(fig: Figure, path: Path) -> list[Path]:
+    """`path` as PNG and, beside it, the same figure as PDF."""
+    out = []
+    for fmt in FORMATS:
+        p = path.with_suffix(f".{fmt}")
+        fig.savefig(p, format=fmt, dpi=DPI, metadata=_NO_METADATA[fmt])
+        out.append(p)
+    return out
+
+
+def _title(fig: Figure, text: str, fontsize: float = 9) -> None:
+    """A figure title wrapped to the figure's width (a long one was clipped on narrow figures)."""
+    chars = max(40, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+    lines = [textwrap.fill(part, chars) for part in text.split("\n")]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
+
+
+def _bound(ax, low: float | None, high: float | None, axis: str = "y") -> None:
+    """Keep an axis inside the valid range of its quantity (accuracy [0, 1], loss >= 0)."""
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    lo = max(lo, low) if low is not None else lo
+    hi = min(hi, high) if high is not None else hi
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(lo, hi)
+
+
+def context_labels(runs: pd.DataFrame, contexts: list[tuple[str, str, str]]) -> dict[tuple, str]:
+    """(data, model, group hash) -> `data/model`, plus `, n=500` etc. when several groups of one
+    data/model differ: the config keys that set them apart (constant within each group)."""
+    labels = {ctx: f"{ctx[0]}/{ctx[1]}" for ctx in contexts}
+    by_pair: dict[tuple, list[tuple]] = {}
+    for ctx in contexts:
+        by_pair.setdefault(ctx[:2], []).append(ctx)
+    for pair, ctxs in by_pair.items():
+        if len(ctxs) < 2:
+            continue
+        settings = {}
+        for ctx in ctxs:
+            configs = runs.loc[(runs["data"] == ctx[0]) & (runs["model"] == ctx[1]) & (runs["group_hash"] == ctx[2]),
+                               "config"]
+            flats = [comparable_config(c) for c in configs] or [{}]
+            settings[ctx] = {k: v for k, v in flats[0].items() if all(f.get(k) == v for f in flats)}
+        keys = differing_keys(list(settings.values()))[:3]
+        for ctx in ctxs:
+            parts = [f"{SHORT.get(k, k.rsplit('.', 1)[-1])}={_plain(settings[ctx].get(k))}" for k in keys]
+            labels[ctx] = ", ".join([labels[ctx], *parts]) if parts else f"{labels[ctx]} [{ctx[2]}]"
+    return labels
+
+
+def _plain(v: str | None) -> str:
+    if v is None or v == "null":
+        return "all"
+    return v.strip('"')
 
 
 def _colors(per_arm: pd.DataFrame) -> dict[str, str]:
@@ -81,10 +140,10 @@ def curves(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, baseline: str 
     colors = _colors(per_arm)
     fig = Figure(figsize=(12, 3.4 * max(1, len(contexts))), layout="constrained")
     axes = fig.subplots(max(1, len(contexts)), 2, squeeze=False)
-    fig.suptitle("Learning curves of the ok runs: mean and 95% t-interval across seeds per epoch; "
-                 "after early stops the mean is over the runs still training.\n"
-                 "solid = validation, dashed = train; x = a run's early stop, o = its best epoch",
-                 fontsize=9)
+    _title(fig, "Learning curves of the ok runs: mean and 95% t-interval across seeds per epoch; "
+                "after early stops the mean is over the runs still training.\n"
+                "solid = validation, dashed = train; x = a run's early stop, o = its best epoch")
+    names = context_labels(runs, contexts)
     if not contexts:
         axes[0, 0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0, 0].transAxes)
     groups = list(ordered_arms(runs, baseline))
@@ -104,7 +163,9 @@ def curves(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, baseline: str 
                     mean, lo, hi = _mean_band(m)
                     ax.plot(mean.index, mean.to_numpy(), style, color=color, lw=1.2,
                             label=key[2] if (split == "val" and what == "acc") else None)
-                    ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), color=color, alpha=0.15, lw=0)
+                    valid = (0.0, 1.0) if what == "acc" else (0.0, np.inf)  # the t-interval knows no bounds
+                    ax.fill_between(mean.index, np.clip(lo.to_numpy(), *valid), np.clip(hi.to_numpy(), *valid),
+                                    color=color, alpha=0.15, lw=0)
             for _, r in ok[ok["stopped_early"]].iterrows():
                 m = _curve_matrix([r["history"]], "val/acc")
                 if m.empty:
@@ -113,10 +174,14 @@ def curves(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, baseline: str 
                 for ep, marker, face in ((r["stopped_epoch"], "x", color), (r["best_epoch"], "o", "none")):
                     if not math.isnan(ep) and int(ep) in s.index:
                         ax_acc.plot([int(ep)], [s[int(ep)]], marker, color=color, mfc=face, ms=5)
-        ax_acc.set_title(f"{data}/{model} [{cfg}]: accuracy", fontsize=9)
-        ax_loss.set_title(f"{data}/{model} [{cfg}]: loss", fontsize=9)
+        ax_acc.set_title(f"{names[(data, model, cfg)]}: accuracy", fontsize=9)
+        ax_loss.set_title(f"{names[(data, model, cfg)]}: loss", fontsize=9)
+        ax_acc.set_ylabel("accuracy")
+        ax_loss.set_ylabel("cross-entropy loss")
+        _bound(ax_acc, 0.0, 1.0)
+        _bound(ax_loss, 0.0, None)
         for ax in (ax_acc, ax_loss):
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("epoch (0-based)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         handles, labels = ax_acc.get_legend_handles_labels()
         handles += [Line2D([], [], color="gray", ls="-"), Line2D([], [], color="gray", ls="--")]
@@ -142,7 +207,8 @@ def intervals(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, metric: str
     contexts = _contexts(per_arm)
     colors = _colors(per_arm)
     fig, axes = _grid(len(contexts), h=_height(per_arm))
-    fig.suptitle(f"{metric}: mean and 95% bootstrap CI per arm (dots = ok seeds)", fontsize=9)
+    _title(fig, f"{metric}: mean and 95% bootstrap CI per arm (dots = ok seeds)")
+    names = context_labels(runs, contexts)
     if not contexts:
         axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
     for ax, ctx in zip(axes, contexts):
@@ -163,7 +229,11 @@ def intervals(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, metric: str
         ax.set_ylim(-0.5, len(rows) - 0.5)
         ax.invert_yaxis()
         ax.set_xlabel(metric)
-        ax.set_title(f"{ctx[0]}/{ctx[1]} [{ctx[2]}]", fontsize=9)
+        if metric.endswith("/acc"):
+            _bound(ax, 0.0, 1.0, axis="x")
+        elif metric.endswith("/loss"):
+            _bound(ax, 0.0, None, axis="x")
+        ax.set_title(names[ctx], fontsize=9)
     return _save(fig, path)
 
 
@@ -171,7 +241,8 @@ def gap(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path) -> Path:
     contexts = _contexts(per_arm)
     colors = _colors(per_arm)
     fig, axes = _grid(len(contexts), h=_height(per_arm))
-    fig.suptitle("Generalization gap train/acc - test/acc: bar = mean over ok runs, dots = seeds", fontsize=9)
+    _title(fig, "Generalization gap train/acc - test/acc: bar = mean over ok runs, dots = seeds")
+    names = context_labels(runs, contexts)
     if not contexts:
         axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
     for ax, ctx in zip(axes, contexts):
@@ -186,13 +257,14 @@ def gap(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path) -> Path:
         ax.set_ylim(-0.5, len(rows) - 0.5)
         ax.invert_yaxis()
         ax.set_xlabel("train/acc - test/acc")
-        ax.set_title(f"{ctx[0]}/{ctx[1]} [{ctx[2]}]", fontsize=9)
+        _bound(ax, -1.0, 1.0, axis="x")
+        ax.set_title(names[ctx], fontsize=9)
     return _save(fig, path)
 
 
 def write_plots(runs: pd.DataFrame, per_arm: pd.DataFrame, out_dir: Path, metric: str = "test/acc",
                 baseline: str = "none") -> list[Path]:
     with matplotlib.style.context("default"):
-        return [curves(runs, per_arm, out_dir / "curves.png", baseline),
-                intervals(runs, per_arm, out_dir / "intervals.png", metric, baseline),
-                gap(runs, per_arm, out_dir / "gap.png")]
+        return [*curves(runs, per_arm, out_dir / "curves.png", baseline),
+                *intervals(runs, per_arm, out_dir / "intervals.png", metric, baseline),
+                *gap(runs, per_arm, out_dir / "gap.png")]

@@ -45,6 +45,7 @@ def write_profile(per_arm: pd.DataFrame, out_dir: Path, metric: str = "test/acc"
     ratios = profile_ratios(per_arm, metric)
     if len(ratios) < 2:
         path.unlink(missing_ok=True)
+        path.with_suffix(".pdf").unlink(missing_ok=True)
         return []
     import matplotlib
     from matplotlib.figure import Figure
@@ -66,5 +67,6 @@ def write_profile(per_arm: pd.DataFrame, out_dir: Path, metric: str = "test/acc"
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"Performance profile (Dolan–Moré), {metric}")
     ax.legend(loc="lower right", fontsize="small")
-    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
-    return [path]
+    from regbench.reporting.plots import _save
+
+    return _save(fig, path)  # PNG (200 dpi) and PDF, like the report's other figures

@@ -6,10 +6,12 @@ import copy
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 log = logging.getLogger("regbench")
 
@@ -108,6 +110,45 @@ class EpochProgress(pl.Callback):
                      _metric(trainer, "train/acc"), _metric(trainer, "val/loss"), _metric(trainer, "val/acc"))
 
 
+class EpochBar(TQDMProgressBar):
+    """Lightning's tqdm bar, counting epochs: one Lightning batch is a whole epoch here, so the stock
+    bar would restart at 1/1 every epoch. Shows epochs done of max_epochs, epochs/s, elapsed and
+    ETA (tqdm's), and the last epoch's train/loss and val/acc."""
+
+    def __init__(self, label: str):
+        super().__init__(leave=True)
+        self.label = label
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+
+        self.train_progress_bar = Tqdm(desc=self.label, total=trainer.max_epochs, initial=trainer.current_epoch,
+                                       unit="epoch", dynamic_ncols=True, leave=True, smoothing=0.1,
+                                       file=sys.stderr)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *_) -> None:
+        pass  # the stock bar resets to the epoch's batches here
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        pass
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        bar = self.train_progress_bar
+        bar.set_postfix({"train/loss": f"{_metric(trainer, 'train/loss'):.4f}",
+                         "val/acc": f"{_metric(trainer, 'val/acc'):.3f}"}, refresh=False)
+        bar.update(1)
+
+
+def want_bar(setting: object) -> bool:
+    """trainer.progress_bar: true / false, or auto = stderr is a terminal and this is not a worker
+    process of a launcher (joblib's workers inherit the terminal but would draw over each other)."""
+    if setting != "auto":
+        return bool(setting)
+    import multiprocessing
+
+    return sys.stderr.isatty() and multiprocessing.parent_process() is None
+
+
 class PeriodicCheckpoint(pl.Callback):
     """Save a resumable checkpoint (weights, optimizer, loops, callback states, RNG) every `every`
     epochs, atomically, to `path`. It must come after the callbacks whose state it saves.
@@ -126,5 +167,5 @@ class PeriodicCheckpoint(pl.Callback):
         for logger in trainer.loggers:  # flush: the curves up to the checkpoint must outlive a kill, as it does
             logger.save()
         tmp = self.path.with_suffix(".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # a full, resumable checkpoint (saying so silences Lightning's note)
         os.replace(tmp, self.path)  # a kill mid-save leaves the previous checkpoint intact

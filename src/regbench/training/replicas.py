@@ -668,7 +668,7 @@ def train_replicas(*, seeds: Sequence[int], data: DataSplits, model_name: str, m
                 fired = criteria[i].update(1.0 - value if stopper.mode == "max" else value, row["train/loss"])
                 if fired and stopped_epoch[i] is None:
                     stopped_epoch[i] = epoch
-                    stop_reason[i] = f"{criteria[i].reason} (trainer epoch {epoch})"
+                    stop_reason[i] = criteria[i].reason  # 0-based epochs, the monitored metric as logged
             # DivergenceGuard
             if not _finite(tl[j]):
                 diverged_epoch[i] = epoch

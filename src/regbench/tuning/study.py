@@ -92,7 +92,8 @@ def train_seeds(cfg: DictConfig, seeds: list[int], out_dir: Path, group_hash: st
         if i not in results:
             clean_partial(d)
             try:
-                results[i] = app.train(rc_i, d, data_keys=data_keys, model_keys=model_keys)
+                results[i] = app.train(rc_i, d, data_keys=data_keys, model_keys=model_keys,
+                                       hparams=app._hparams(cfgs[i]))
             except app._rejected():
                 raise
             except Exception as e:  # a failed run is recorded, never lost
