@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
 
-.PHONY: setup run test test-slow tables bench study study-replicas clean
+.PHONY: setup run test test-slow test-cluster tables bench study study-replicas clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ test: $(STAMP)    ## the test suite (slow tests excluded; see test-slow)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+test-cluster: $(STAMP)   ## sweeps through a real SLURM cluster (as root, first: scripts/slurm-local.sh start)
+	$(PY) -m pytest -q -m cluster tests/test_cluster.py
 
 tables: $(STAMP)  ## regenerate every report from the records on disk (no training)
 	$(PY) -m regbench.tables --each runs experiments
