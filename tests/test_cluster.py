@@ -227,3 +227,34 @@ print(json.dumps({{"job": jobs[0].job_id.split("_")[0], "results": [None if isin
     # SLURM's account, once the last tasks have ended: every attempt it made, one per task
     wait_for(lambda: [s["state"] for s in sacct(answer["job"])] == ["COMPLETED"] * 200, 60, "200 COMPLETED")
     assert sorted(s["id"] for s in sacct(answer["job"], attempts=True)) == sorted(f"{answer['job']}_{k}" for k in range(200))
+
+
+def test_without_accounting_a_dead_job_is_found_with_squeue_and_scontrol_and_the_wait_ends(tmp_path):
+    """sacct failing as it does on a cluster without accounting (a stand-in `sacct` first on PATH, for
+    the launcher's process only): the launcher follows the jobs with squeue and scontrol, and a
+    cancelled job counts as lost, with its state, instead of being waited for forever."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
+    (fake / "sacct").chmod(0o755)
+    r = python("-c", f"""
+import json, subprocess, sys, time
+sys.path.insert(0, {str(ROOT / 'tests' / 'cluster')!r})
+from hydra_plugins.regbench_launcher.slurm_launcher import make_executor, wait_for_jobs, Lost, SlurmStates
+import cloudpickle, tiny_task
+cloudpickle.register_pickle_by_value(tiny_task)
+params = dict(submitit_folder={str(tmp_path / '.submitit/%j')!r}, timeout_min=5, cpus_per_task=1, mem_gb=1)
+jobs = make_executor(params).map_array(tiny_task.append_line, [{str(tmp_path / 'tasks.jsonl')!r}] * 2, [0, 1], [0, 300])
+while "RUNNING" not in subprocess.run(["squeue", "-h", "-j", jobs[1].job_id, "-o", "%T"], capture_output=True, text=True).stdout:
+    time.sleep(0.2)
+subprocess.run(["scancel", jobs[1].job_id], check=True)
+states = SlurmStates()
+out = wait_for_jobs(jobs, poll_s=0.5, state_poll_s=1, result_grace_s=2, states=states)
+print(json.dumps({{"accounting": states.accounting, "out": [str(o) if isinstance(o, Lost) else o for o in out],
+                  "lost": [isinstance(o, Lost) for o in out]}}))
+""", env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    answer = json.loads(r.stdout.strip().splitlines()[-1])
+    assert answer["accounting"] is False and "no SLURM accounting?" in r.stderr
+    assert answer["lost"] == [False, True] and answer["out"][0] == 0
+    assert "ended CANCELLED without a result" in answer["out"][1]

@@ -3,9 +3,11 @@ appends one line (its own index and SLURM's ids for it) to a shared file, and re
 
 import json
 import os
+import time
 
 
-def append_line(path: str, task: int) -> int:
+def append_line(path: str, task: int, sleep_s: float = 0.0) -> int:
+    time.sleep(sleep_s)
     line = json.dumps({"task": task, "array_job": os.environ.get("SLURM_ARRAY_JOB_ID"),
                        "array_task": os.environ.get("SLURM_ARRAY_TASK_ID")}) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # O_APPEND: lines never interleave
