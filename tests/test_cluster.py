@@ -62,6 +62,15 @@ def sacct(job: str, attempts: bool = False) -> list[dict]:
     return [{"id": job_id, "state": state.split()[0]} for job_id, state in rows]  # "CANCELLED by 0"
 
 
+def final_states(job: str, timeout: float = 60) -> list[str]:
+    """The states of a job's tasks once SLURM has finished them (a job's result file is written a
+    moment before SLURM records its end)."""
+    live = {"PENDING", "RUNNING", "COMPLETING", "REQUEUED"}
+    rows = wait_for(lambda: (r := sacct(job)) and not live & {x["state"] for x in r} and r, timeout,
+                    f"job {job} to end")
+    return [x["state"] for x in rows]
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -98,7 +107,7 @@ def test_a_2_arm_x_2_seed_sweep_gives_4_records_and_the_report(tmp_path):
     sweep = tmp_path / "default"
     jobs = submitted_jobs(sweep)
     assert len(jobs) == 4 and len({j.split("_")[0] for j in jobs}) == 1  # one job array of 4 tasks
-    assert [s["state"] for s in sacct(next(iter(jobs)).split("_")[0])] == ["COMPLETED"] * 4
+    assert final_states(next(iter(jobs)).split("_")[0]) == ["COMPLETED"] * 4
     assert "sweep finished: 4 runs: 4 ok" in r.stderr
     assert (sweep / "per_arm.md").exists() and "dropout" in (sweep / "per_arm.md").read_text()
 
@@ -127,7 +136,7 @@ def test_a_cancelled_job_is_counted_failed_with_its_state_and_the_sweep_reports_
     assert c["rc"] == 1, c["out"][-3000:]
     assert "sweep finished: 2 runs: 1 ok, 1 failed" in c["out"], c["out"][-3000:]
     assert f"failed: {c['run']}" in c["out"]  # the summary names the run
-    assert [s["state"] for s in sacct(c["job"])] == ["CANCELLED"]
+    assert final_states(c["job"]) == ["CANCELLED"]
     lost = c["records"][c["run"]]
     assert lost["status"] == "failed" and f"SLURM job {c['job']} ended CANCELLED" in lost["error"]
     ok = next(x for name, x in c["records"].items() if name != c["run"])
@@ -148,7 +157,7 @@ def test_the_rerun_trains_only_the_missing_run_and_submits_no_job_for_the_finish
     new_jobs = submitted_jobs(c["sweep"]) - before_jobs
     assert len(new_jobs) == 1  # one job, for the missing run; none for the finished one
     (job,) = new_jobs
-    wait_for(lambda: sacct(job)[0]["state"] == "COMPLETED", 60, f"job {job} to complete")
+    assert final_states(job) == ["COMPLETED"]
     assert ok_file.read_bytes() == before_bytes  # the finished run was not touched
     redone = records(c["root"])[c["run"]]
     assert redone["status"] == "ok" and redone["error"] is None
@@ -168,6 +177,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_ends_like_an_uninterrupt
     out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     assert whole.wait(timeout=240) == 0
+    assert final_states(job) == ["COMPLETED"]
     assert [s["state"] for s in sacct(job, attempts=True)] == ["REQUEUED", "COMPLETED"]
     (resumed,), (uninterrupted,) = records(sweep).values(), records(tmp_path / "whole").values()
     assert resumed["extra"]["resumed"] and not uninterrupted["extra"]["resumed"]
@@ -188,7 +198,7 @@ def test_a_group_of_stacked_seeds_goes_out_as_one_slurm_job(tmp_path):
     assert len({x["extra"]["pid"] for x in recs}) == 1  # one process wrote the four records...
     sweep = tmp_path / "default"
     (job,) = submitted_jobs(sweep)  # ... in the one SLURM job submitted
-    assert [s["state"] for s in sacct(job)] == ["COMPLETED"]
+    assert final_states(job) == ["COMPLETED"]
     # and a rerun submits nothing: all four records of the group are ok
     again = cli("-m", *SLURM, "seed=0", "replicas=4", "regularizer=dropout", *tiny(), f"runs_root={tmp_path}")
     assert again.returncode == 0 and "1 of 1 jobs already finished" in again.stderr
@@ -225,7 +235,7 @@ print(json.dumps({{"job": jobs[0].job_id.split("_")[0], "results": [None if isin
     assert {x["array_job"] for x in lines} == {answer["job"]}  # ... as a task of the one array
     assert sorted(int(x["array_task"]) for x in lines) == list(range(200))
     # SLURM's account, once the last tasks have ended: every attempt it made, one per task
-    wait_for(lambda: [s["state"] for s in sacct(answer["job"])] == ["COMPLETED"] * 200, 60, "200 COMPLETED")
+    assert final_states(answer["job"]) == ["COMPLETED"] * 200
     assert sorted(s["id"] for s in sacct(answer["job"], attempts=True)) == sorted(f"{answer['job']}_{k}" for k in range(200))
 
 
