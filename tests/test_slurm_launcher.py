@@ -90,9 +90,10 @@ def test_a_job_in_a_final_state_without_a_result_is_lost_after_the_grace_the_oth
 
 
 def test_a_job_that_comes_back_from_a_final_state_is_not_lost(tmp_path):
-    """A preempted job is requeued: PREEMPTED, then PENDING again. Its grace restarts."""
+    """A preempted job is requeued: PREEMPTED, then PENDING again for longer than the grace. Its grace
+    starts over when it ends again, so its result, written just after, is collected."""
     job = FakeJob(tmp_path, "8_0", "r")
-    seq = ["RUNNING", "PREEMPTED", "PENDING", "PENDING", "RUNNING"]
+    seq = ["RUNNING", "PREEMPTED", *["PENDING"] * 15, "RUNNING", "COMPLETED"]
     calls = []
 
     def states(ids):
@@ -101,7 +102,7 @@ def test_a_job_that_comes_back_from_a_final_state_is_not_lost(tmp_path):
             job.finish()
         return {"8_0": seq[min(len(calls), len(seq)) - 1]}
 
-    assert wait_for_jobs([job], poll_s=0.01, state_poll_s=0.02, result_grace_s=0.03, states=states) == ["r"]
+    assert wait_for_jobs([job], poll_s=0.005, state_poll_s=0.02, result_grace_s=0.2, states=states) == ["r"]
 
 
 def test_a_job_whose_result_is_submitits_error_is_lost_with_the_error_and_state(tmp_path):
