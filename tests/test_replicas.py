@@ -231,9 +231,14 @@ def test_a_stacked_record_matches_app_train_of_the_same_seed(tmp_path):
                   "restored_best", "steps", "diverged_epoch", "error"):
             assert r[k] == ref[k], k
         assert r["history"]["epoch"] == ref["history"]["epoch"]
+        # The engines round differently (bmm vs mm) and training amplifies the last bits epoch by
+        # epoch (on one x86 CPU val/loss was 2e-3 apart by epoch 13), so the early epochs are held
+        # tight and the later ones to 1%; a wrong engine (lr, init, batch order, objective) is off
+        # from the first epoch.
         for k in ("train/loss", "train/acc", "val/loss", "val/acc"):
-            assert r["history"][k] == pytest.approx(ref["history"][k], abs=1e-4), k
-        assert r["metrics"] == pytest.approx(ref["metrics"], abs=1e-4)
+            assert r["history"][k][:5] == pytest.approx(ref["history"][k][:5], abs=1e-4), k
+            assert r["history"][k] == pytest.approx(ref["history"][k], rel=1e-2), k
+        assert r["metrics"] == pytest.approx(ref["metrics"], abs=1e-3)
         if "mechanism" in ref["extra"]:  # measured on the replica's final (restored) weights
             mine, theirs = r["extra"]["mechanism"], ref["extra"]["mechanism"]
             assert mine.keys() == theirs.keys()
@@ -288,7 +293,11 @@ def test_cnn1d_replicas_follow_the_plain_loop_of_their_seeds(small, arm, optim, 
     kw = dict(model="cnn1d", optim=optim, lr=lr, momentum=momentum, epochs=2)
     recs = stacked(small, [3, 8], reg, **kw)
     for seed, r in zip([3, 8], recs):
-        assert r["history"]["train/loss"] == pytest.approx(plain_losses(small, seed, reg, **kw), abs=1e-5)
+        ref = plain_losses(small, seed, reg, **kw)
+        # im2col + baddbmm rounds differently from conv1d, and Adam's normalisation amplifies it:
+        # the first epoch agrees to 1e-5, the second was 8e-5 (4.5e-5 relative) apart on one x86 CPU
+        assert r["history"]["train/loss"][0] == pytest.approx(ref[0], abs=1e-5)
+        assert r["history"]["train/loss"] == pytest.approx(ref, rel=2e-4)
         assert r["extra"]["engine"] == "stacked" and r["extra"]["parameters"] == 5210
 
 
