@@ -215,7 +215,7 @@ def test_200_tiny_jobs_through_the_cluster_each_finish_exactly_once(tmp_path):
 import json, sys
 sys.path.insert(0, {str(ROOT / 'tests' / 'cluster')!r})
 from omegaconf import OmegaConf
-from hydra_plugins.regbench_launcher.slurm_launcher import make_executor, wait_for_jobs, Lost
+from hydra_plugins.regbench_launcher.slurm_launcher import make_executor, wait_for_jobs, is_lost
 import cloudpickle, tiny_task
 cloudpickle.register_pickle_by_value(tiny_task)  # the job needs no tests/ on its path
 params = OmegaConf.to_container(OmegaConf.load({str(ROOT / 'conf/hydra/launcher/slurm.yaml')!r}))
@@ -225,7 +225,7 @@ params.update(submitit_folder={str(tmp_path / '.submitit/%j')!r}, name="tiny", m
               additional_parameters={{"oversubscribe": True}})  # 4 tiny tasks per CPU (OverSubscribe=YES)
 jobs = make_executor(params).map_array(tiny_task.append_line, [{str(tmp_path / 'tasks.jsonl')!r}] * 200, range(200))
 out = wait_for_jobs(jobs, poll_s=0.5, state_poll_s=2, result_grace_s=5)
-print(json.dumps({{"job": jobs[0].job_id.split("_")[0], "results": [None if isinstance(o, Lost) else o for o in out]}}))
+print(json.dumps({{"job": jobs[0].job_id.split("_")[0], "results": [None if is_lost(o) else o for o in out]}}))
 """, timeout=420)
     assert r.returncode == 0, r.stderr[-3000:]
     answer = json.loads(r.stdout.strip().splitlines()[-1])
@@ -250,7 +250,7 @@ def test_without_accounting_a_dead_job_is_found_with_squeue_and_scontrol_and_the
     r = python("-c", f"""
 import json, subprocess, sys, time
 sys.path.insert(0, {str(ROOT / 'tests' / 'cluster')!r})
-from hydra_plugins.regbench_launcher.slurm_launcher import make_executor, wait_for_jobs, Lost, SlurmStates
+from hydra_plugins.regbench_launcher.slurm_launcher import make_executor, wait_for_jobs, is_lost, SlurmStates
 import cloudpickle, tiny_task
 cloudpickle.register_pickle_by_value(tiny_task)
 params = dict(submitit_folder={str(tmp_path / '.submitit/%j')!r}, timeout_min=5, cpus_per_task=1, mem_gb=1)
@@ -260,8 +260,8 @@ while "RUNNING" not in subprocess.run(["squeue", "-h", "-j", jobs[1].job_id, "-o
 subprocess.run(["scancel", jobs[1].job_id], check=True)
 states = SlurmStates()
 out = wait_for_jobs(jobs, poll_s=0.5, state_poll_s=1, result_grace_s=2, states=states)
-print(json.dumps({{"accounting": states.accounting, "out": [str(o) if isinstance(o, Lost) else o for o in out],
-                  "lost": [isinstance(o, Lost) for o in out]}}))
+print(json.dumps({{"accounting": states.accounting, "out": [str(o) if is_lost(o) else o for o in out],
+                  "lost": [is_lost(o) for o in out]}}))
 """, env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     answer = json.loads(r.stdout.strip().splitlines()[-1])

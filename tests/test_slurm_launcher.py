@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF
-from hydra_plugins.regbench_launcher.slurm_launcher import Lost, SlurmStates, wait_for_jobs
+from hydra_plugins.regbench_launcher.slurm_launcher import SlurmStates, is_lost, wait_for_jobs
 
 
 def fake_commands(tmp_path: Path, monkeypatch, **scripts: str) -> None:
@@ -85,7 +85,7 @@ def test_a_job_in_a_final_state_without_a_result_is_lost_after_the_grace_the_oth
 
     out = wait_for_jobs([done, dead, late], poll_s=0.01, state_poll_s=0.02, result_grace_s=0.05, states=states)
     assert out[0] == "r0" and out[2] == "r2"
-    assert isinstance(out[1], Lost) and f"SLURM job 7_1 ended {state} without a result" in out[1]
+    assert is_lost(out[1]) and f"SLURM job 7_1 ended {state} without a result" in out[1]
     assert all("7_0" not in ids for ids in calls)  # a job with its result is not asked about
 
 
@@ -114,7 +114,7 @@ def test_a_job_whose_result_is_submitits_error_is_lost_with_the_error_and_state(
     job = Failing(tmp_path, "9_0")
     job.finish()
     (out,) = wait_for_jobs([job], poll_s=0.01, state_poll_s=0.01, states=lambda ids: {"9_0": "TIMEOUT"})
-    assert isinstance(out, Lost) and "ended TIMEOUT" in out and "timed-out too many times" in out
+    assert is_lost(out) and "ended TIMEOUT" in out and "timed-out too many times" in out
 
 
 def sweep_config(tmp_path: Path, *overrides: str):

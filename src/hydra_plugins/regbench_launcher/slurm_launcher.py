@@ -158,12 +158,17 @@ class RegbenchSlurmLauncher(SlurmLauncher):
         if todo:
             submitted = self._submit([job_overrides[i] for i in todo], [initial_job_idx + i for i in todo])
             for i, outcome in zip(todo, self._wait(submitted)):
-                if not isinstance(outcome, Lost):
+                if not is_lost(outcome):
                     returns[i] = outcome
                     continue
+                name = jobs.job_dir(configs[i]).name
+                if all(jobs.is_ok(d) for d in jobs.run_dirs(configs[i])):  # died after writing its records
+                    log.warning("%s: %s, but its records say ok: counted ok", name, outcome)
+                    returns[i] = self._report(configs[i], "ok")
+                    continue
                 lost = jobs.record_lost(configs[i], outcome)
-                log.error("%s: %s; recorded as failed: %s", jobs.job_dir(configs[i]).name, outcome,
-                          ", ".join(lost) or "nothing (its runs are ok or held by a live process)")
+                log.error("%s: %s; recorded as failed: %s", name, outcome,
+                          ", ".join(lost) or "nothing (its runs are held by a live process)")
                 returns[i] = self._report(configs[i], "failed")
         assert all(r is not None for r in returns)
         return returns  # type: ignore[return-value]
@@ -250,6 +255,14 @@ def wait_for_jobs(submitted: Sequence[Any], poll_s: float = 1.0, state_poll_s: f
 
 class Lost(str):
     """Why a job has no result."""
+
+    lost = True
+
+
+def is_lost(outcome: Any) -> bool:
+    """Whether wait_for_jobs found no result for a job (by attribute, not class: Hydra's plugin scan
+    may execute this module again, making a second `Lost` class)."""
+    return getattr(outcome, "lost", False) is True
 
 
 def _result(job: Any, states: Any) -> Any:
