@@ -62,12 +62,12 @@ def sacct(job: str, attempts: bool = False) -> list[dict]:
     return [{"id": job_id, "state": state.split()[0]} for job_id, state in rows]  # "CANCELLED by 0"
 
 
-def final_states(job: str, timeout: float = 60) -> list[str]:
-    """The states of a job's tasks once SLURM has finished them (a job's result file is written a
-    moment before SLURM records its end)."""
+def final_states(job: str, tasks: int = 1, timeout: float = 60) -> list[str]:
+    """The states of a job's `tasks` tasks once SLURM has recorded the end of each (a job's result
+    file is written a moment before SLURM records its end)."""
     live = {"PENDING", "RUNNING", "COMPLETING", "REQUEUED"}
-    rows = wait_for(lambda: (r := sacct(job)) and not live & {x["state"] for x in r} and r, timeout,
-                    f"job {job} to end")
+    rows = wait_for(lambda: len(r := sacct(job)) == tasks and not live & {x["state"] for x in r} and r,
+                    timeout, f"the {tasks} task(s) of job {job} to end")
     return [x["state"] for x in rows]
 
 
@@ -107,7 +107,7 @@ def test_a_2_arm_x_2_seed_sweep_gives_4_records_and_the_report(tmp_path):
     sweep = tmp_path / "default"
     jobs = submitted_jobs(sweep)
     assert len(jobs) == 4 and len({j.split("_")[0] for j in jobs}) == 1  # one job array of 4 tasks
-    assert final_states(next(iter(jobs)).split("_")[0]) == ["COMPLETED"] * 4
+    assert final_states(next(iter(jobs)).split("_")[0], 4) == ["COMPLETED"] * 4
     assert "sweep finished: 4 runs: 4 ok" in r.stderr
     assert (sweep / "per_arm.md").exists() and "dropout" in (sweep / "per_arm.md").read_text()
 
@@ -235,7 +235,7 @@ print(json.dumps({{"job": jobs[0].job_id.split("_")[0], "results": [None if is_l
     assert {x["array_job"] for x in lines} == {answer["job"]}  # ... as a task of the one array
     assert sorted(int(x["array_task"]) for x in lines) == list(range(200))
     # SLURM's account, once the last tasks have ended: every attempt it made, one per task
-    assert final_states(answer["job"]) == ["COMPLETED"] * 200
+    assert final_states(answer["job"], 200) == ["COMPLETED"] * 200
     assert sorted(s["id"] for s in sacct(answer["job"], attempts=True)) == sorted(f"{answer['job']}_{k}" for k in range(200))
 
 
