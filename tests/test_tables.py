@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from scipy import stats as sps
 
 from regbench import tables as cli
 from regbench.records import write_record
@@ -56,12 +57,21 @@ def test_per_arm_numbers(sweep):
     assert (drop["seeds_ok"], drop["seeds_diverged"], drop["seeds_failed"]) == (5, 1, 1)
     assert drop["test_acc_mean"] == pytest.approx(np.mean(A) + 0.02)
     assert "excluded from statistics: 1 diverged, 1 failed" in drop["note"]
-    assert list(rep.per_arm["regularizer"]) == ["none", "dropout"]  # baseline first
+    assert list(rep.per_arm["regularizer"]) == ["dropout", "none"]  # sorted by score, best first
+    assert list(rep.per_arm["rank"]) == [1, 2]
+    # the t-interval of the mean
+    h = sps.t.ppf(0.975, 4) * np.std(A, ddof=1) / np.sqrt(5)
+    assert none["test_acc_ci95_low"] == pytest.approx(np.mean(A) - h)
     # the files carry the same numbers
     csv = pd.read_csv(sweep / "per_arm.csv")
-    assert csv.loc[0, "test_acc_mean"] == pytest.approx(np.mean(A), abs=1e-6)
+    assert csv.loc[1, "test_acc_mean"] == pytest.approx(np.mean(A), abs=1e-6)
+    assert "test_acc_std" in csv.columns
     md = (sweep / "per_arm.md").read_text()
-    assert f"| {np.mean(A):.4f} | {np.std(A, ddof=1):.4f} |" in md and "*Legend:*" in md
+    m = np.mean(A)
+    assert f"| {m:.4f} [{m - h:.4f}, {m + h:.4f}] |" in md and "*Legend:*" in md  # mean [CI] in one cell
+    assert "| dropout ★ |" in md  # the best arm is marked
+    header = md.splitlines()[2]
+    assert header.count("|") - 1 <= 8  # at a glance: at most 8 columns printed
     assert (sweep / "comparison.md").read_text() == md
     assert (sweep / "comparison.csv").read_text() == (sweep / "per_arm.csv").read_text()
     assert "\\begin{tabular}" in (sweep / "per_arm.tex").read_text()
@@ -80,6 +90,7 @@ def test_pairwise_known_paired_difference(sweep):
     expected = sum((x > y) + 0.5 * (x == y) for x in b for y in A) / 25
     assert r["prob_improvement"] == pytest.approx(expected)
     assert "| better |" in (sweep / "pairwise.md").read_text()
+    assert "Holm families (1): mnist1d/mlp [g0]: 1 vs none" in (sweep / "pairwise.md").read_text()
 
 
 def test_pairwise_holm_across_rows(tmp_path):
@@ -117,7 +128,7 @@ def test_regularizer_settings_are_separate_arms(tmp_path):
              for s, a in enumerate(A)]
     write_runs(tmp_path, recs)
     pa = write_report([tmp_path], tmp_path, plots=False).per_arm
-    assert list(pa["regularizer"]) == ["dropout (p=0.1)", "dropout (p=0.5)"]
+    assert list(pa["regularizer"]) == ["dropout (p=0.5)", "dropout (p=0.1)"]  # best first
     assert row(pa, regularizer="dropout (p=0.5)")["test_acc_mean"] == pytest.approx(np.mean(A) + 0.05)
 
 
@@ -126,7 +137,7 @@ def test_data_never_pooled_and_ranking(tmp_path):
     for data, shift in (("d1", 0.0), ("d2", -0.2)):
         recs += [make_record(seed=s, acc=a + shift, data=data) for s, a in enumerate(A)]
         recs += [make_record(seed=s, acc=a + shift + 0.01, data=data, regularizer="dropout") for s, a in enumerate(A)]
-    recs.append(make_record(seed=0, acc=0.1, data="d2", regularizer="weird"))  # last in d2
+    recs.append(make_record(seed=0, acc=0.3, data="d2", regularizer="weird"))  # last in d2
     write_runs(tmp_path, recs)
     rep = write_report([tmp_path], tmp_path, plots=False)
     assert len(rep.per_arm) == 5
@@ -134,7 +145,7 @@ def test_data_never_pooled_and_ranking(tmp_path):
     rk = rep.ranking.set_index("regularizer")
     assert rk.loc["dropout", "rank d1/mlp"] == 1 and rk.loc["dropout", "rank d2/mlp"] == 1
     assert rk.loc["weird", "rank d2/mlp"] == 3 and math.isnan(rk.loc["weird", "rank d1/mlp"])
-    assert rk.loc["none", "mean_rank"] == 2 and rk.loc["weird", "contexts_ranked"] == 1
+    assert rk.loc["none", "mean_rank"] == 2 and rk.loc["weird", "settings_ranked"] == 1
     assert list(rk.index) == ["dropout", "none", "weird"]
     assert (tmp_path / "ranking.md").exists() and (tmp_path / "ranking.tex").exists()
     # "weird" has a single ok run: no CI, the reason given, and not testable against the baseline
@@ -194,7 +205,7 @@ def test_cli_subprocess(sweep):
     proc = subprocess.run([sys.executable, "-m", "regbench.tables", str(sweep)], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": SRC})
     assert proc.returncode == 0, proc.stderr
-    assert "| mnist1d | mlp | dropout | g0 | 5 | 1 | 1 |" in proc.stdout
+    assert "| mnist1d/mlp [g0] | dropout ★ | 5 ok, 1 diverged, 1 failed |" in proc.stdout
     assert str(sweep / "broken" / "results.json") in proc.stderr
     for name in ("per_arm.md", "per_arm.csv", "per_arm.tex", "pairwise.md", "comparison.md", "curves.png"):
         assert (sweep / name).exists(), name

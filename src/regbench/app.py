@@ -23,6 +23,7 @@ import regbench
 
 from regbench.config import ConfigError, RunConfig, validate
 from regbench.naming import group_hash, run_id
+from regbench.health import COLLAPSED, mark_health
 from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
 from regbench.rundir import CHECKPOINT_DIR, RunLock, clean_partial, last_checkpoint
 
@@ -55,7 +56,7 @@ def run(cfg: DictConfig) -> str:
     done = run_dir / RESULTS_FILE
     if done.exists() and not rc.force:
         try:
-            if read_record(done)["status"] == "ok":
+            if read_record(done)["status"] in DONE:
                 log.info("skipping %s: results.json says ok (force=true reruns it)", run_dir.name)
                 return "skipped"
         except ValueError as e:
@@ -85,7 +86,8 @@ def _exit_on_sigterm(e: SystemExit) -> None:
         raise SystemExit(128 + 15) from e
 
 
-WORST_FIRST = ("failed", "rejected", "diverged", "busy", "ok", "skipped")
+WORST_FIRST = ("failed", "rejected", "diverged", COLLAPSED, "busy", "ok", "skipped")
+DONE = ("ok", COLLAPSED)  # finished records a rerun skips (a collapsed run would collapse again: same seed)
 
 
 def _worst(statuses: list[str]) -> str:
@@ -94,7 +96,7 @@ def _worst(statuses: list[str]) -> str:
 
 def _is_done(run_dir: Path) -> bool:
     try:
-        return read_record(run_dir / RESULTS_FILE)["status"] == "ok"
+        return read_record(run_dir / RESULTS_FILE)["status"] in DONE
     except ValueError:
         return False
 
@@ -150,7 +152,7 @@ def run_replicas(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
         for i in todo:
             record = _base_record(cfgs[i], replace(rc, seed=seeds[i]), dirs[i])
             record.update(results[i])
-            write_record(dirs[i], record)
+            write_record(dirs[i], mark_health(record))
         log.info("%d stacked replicas: test/acc %s", len(seeds),
                  " ".join(f"{results[i]['metrics']['test/acc']:.3f}" for i in todo))
         return _worst([results[i]["status"] for i in todo])
@@ -190,7 +192,7 @@ def _run_locked(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
-    write_record(run_dir, record)
+    write_record(run_dir, mark_health(record))
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # the record is complete: resuming is moot
     log.info("%s: %s test/acc %.4f (%d epochs, %.1f s)", run_dir.name, record["status"],
              record["metrics"]["test/acc"], record["epochs_trained"], record["train_seconds"])
@@ -267,7 +269,7 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
     if rc.trainer.threads:
         torch.set_num_threads(rc.trainer.threads)
     device = pick_device(rc.trainer.accelerator)
-    data_kwargs = {k: getattr(rc.data, k) for k in data_keys}
+    data_kwargs = split_kwargs({k: getattr(rc.data, k) for k in data_keys}, rc.seed)
     data = build_data(rc.data.name, **data_kwargs).to(device)
 
     r = rc.regularizer
@@ -361,6 +363,13 @@ def slurm_plugins() -> list[Any]:
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def split_kwargs(data_kwargs: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The data builder's keyword arguments: `split_per_seed` turns into split_seed + seed."""
+    if data_kwargs.pop("split_per_seed", None):
+        data_kwargs["split_seed"] = data_kwargs["split_seed"] + seed
+    return data_kwargs
 
 
 def _finite(v: float) -> bool:

@@ -64,6 +64,10 @@ class DataConfig:
     root: str = MISSING                       # cache / download folder
     val_size: int = rng(POS_INT)
     split_seed: int = rng(NONNEG)             # fixed: every arm and seed sees the same split
+    # +data.split_per_seed=true: the validation split (and train_size subsample) is drawn with
+    # split_seed + seed, so the tables' spread includes the split's variance (absent = off; not in the
+    # YAMLs so that the run ids of runs made before the key existed stay the same)
+    split_per_seed: Optional[bool] = None
     train_size: Optional[int] = rng(POS_INT, None)
     generator_seed: Optional[int] = rng(NONNEG, None)   # mnist1d only
     test_size: Optional[int] = rng(POS_INT, None)       # datasets without an official test split

@@ -4,7 +4,7 @@ A job of a regbench sweep writes the records of its run folders: one folder, or 
 `replicas=S` (seeds seed..seed+S-1, each in the folder named from its own config, as
 `app.run_replicas` writes them). The cluster launcher asks two things:
 
-    finished(cfg)             every record of the job says ok under the same run id: skip the job
+    finished(cfg)             every record of the job says ok (or collapsed) under the same run id: skip the job
                               before submission (no job is started only to skip itself)
     record_lost(cfg, reason)  the job ended without a result (cancelled, out of memory, time limit,
                               node failure): each of its runs that has no ok record gets a `failed`
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from regbench.app import DONE
 from regbench.naming import group_hash, run_id
 from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
 from regbench.rundir import RunLock
@@ -54,12 +55,13 @@ def run_dirs(cfg: DictConfig) -> list[Path]:
 
 
 def is_ok(run_dir: Path) -> bool:
-    """results.json says ok, and it is this folder's record (same run id)."""
+    """results.json says the run is done (ok, or collapsed: a rerun skips both, as app.run does),
+    and it is this folder's record (same run id)."""
     try:
         record = read_record(run_dir / RESULTS_FILE)
     except ValueError:
         return False
-    return record["status"] == "ok" and record.get("run_id") == run_dir.name
+    return record["status"] in DONE and record.get("run_id") == run_dir.name
 
 
 def finished(cfg: DictConfig) -> bool:

@@ -7,7 +7,8 @@ run is killed mid-write.
 Schema (version 1); every key is always present, `null` where it does not apply:
 
     schema          1
-    status          "ok" | "diverged" | "failed"
+    status          "ok" | "collapsed" | "diverged" | "failed" (collapsed: finished without
+                    learning, regbench.health)
     run_id          folder name of the run
     seed            int, the run seed (init, batch order, dropout masks)
     data, model, regularizer      the names of the three config groups
@@ -41,7 +42,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
-STATUSES = ("ok", "diverged", "failed")
+STATUSES = ("ok", "collapsed", "diverged", "failed")  # collapsed: see regbench.health
 METRIC_KEYS = (
     "test/acc", "test/loss", "train/acc", "train/loss",
     "val/acc", "val/loss", "best_val/acc", "best_val/loss",

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from regbench import health
 from regbench.records import read_record
 from regbench.reporting import stats
 from regbench.reporting.collect import load_runs
@@ -93,7 +94,7 @@ PUBLISHED = (
 
 NOT_RUN = "not run"
 NOT_MEASURED = "not measured"
-TESTED = ("better", "worse", "no detectable difference")
+TESTED = stats.OUTCOMES  # better, worse, equivalent, inconclusive
 
 
 # --------------------------------------------------------------------------------------
@@ -290,35 +291,11 @@ def _per_arm_row(report: Report, ctx: Context, name: str) -> pd.Series | None:
     return m.iloc[0] if len(m) else None
 
 
-def _pair_row(report: Report, ctx: Context, name: str) -> pd.Series | None:
-    label = ctx.arm(name)
-    if label is None or ctx.arm(BASELINE) is None:
-        return None
-    pw = report.pairwise
-    m = pw[(pw["data"] == ctx.setting.data) & (pw["model"] == ctx.setting.model)
-           & (pw["config"] == ctx.group_hash) & (pw["regularizer"] == label)]
-    return m.iloc[0] if len(m) else None
-
-
 def _acc_cell(report: Report, ctx: Context, name: str) -> str:
     r = _per_arm_row(report, ctx, name)
     if r is None:
         return NOT_RUN
     return fmt_acc(r[f"{T}_mean"], r[f"{T}_ci95_low"], r[f"{T}_ci95_high"])
-
-
-def _outcome(verdict: Any) -> str:
-    v = str(verdict)
-    return "not testable" if v.startswith("not testable") else v
-
-
-def _pair_cells(report: Report, ctx: Context, name: str) -> tuple[str, str, str]:
-    """(difference vs none in pp with CI, p_holm, outcome) from the pairwise table."""
-    r = _pair_row(report, ctx, name)
-    if r is None:
-        return NOT_RUN, "–", NOT_RUN
-    return (fmt_pp(r[f"{T}_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]), fmt_p(r["p_holm"]),
-            _outcome(r["verdict"]))
 
 
 def _n_ok(report: Report, ctx: Context, name: str) -> int:
@@ -330,25 +307,35 @@ def _n_ok(report: Report, ctx: Context, name: str) -> int:
 # verdict rules
 # --------------------------------------------------------------------------------------
 
-CATEGORIES = ("supported", "partly supported", "mixed", "not supported", "contradicted", NOT_RUN)
+CATEGORIES = ("supported", "partly supported", "mixed", "partly contradicted", "contradicted", "no effect",
+              "inconclusive", NOT_RUN)
 
 
 def tally(outcomes: list[str]) -> tuple[str, int, int, int]:
-    """(category, n tested, k better, j worse) from per-setting outcomes (see VERDICT_RULE)."""
+    """(category, n tested, k better, j worse) from per-setting outcomes (see VERDICT_RULE).
+
+    Symmetric: supported / contradicted = better / worse on all n; partly supported / partly
+    contradicted = better / worse on some, the other direction on none; mixed = both directions;
+    no effect = equivalent on all n; inconclusive = otherwise (no direction shown, equivalence not
+    shown everywhere)."""
     tested = [o for o in outcomes if o in TESTED]
-    n, k, j = len(tested), tested.count("better"), tested.count("worse")
+    n, k, j, e = len(tested), tested.count("better"), tested.count("worse"), tested.count("equivalent")
     if n == 0:
         cat = NOT_RUN
     elif k and j:
         cat = "mixed"
     elif k == n:
         cat = "supported"
+    elif j == n:
+        cat = "contradicted"
     elif k:
         cat = "partly supported"
     elif j:
-        cat = "contradicted"
+        cat = "partly contradicted"
+    elif e == n:
+        cat = "no effect"
     else:
-        cat = "not supported"
+        cat = "inconclusive"
     return cat, n, k, j
 
 
@@ -356,8 +343,9 @@ def verdict_line(outcomes: list[str], better: str, worse: str, what: str) -> str
     cat, n, k, j = tally(outcomes)
     if cat == NOT_RUN:
         return f"**{NOT_RUN}** ({what}: no setting with a testable comparison)"
+    e = [o for o in outcomes if o in TESTED].count("equivalent")
     return (f"**{cat}** ({what}: {better} on {k} of {n} tested settings, {worse} on {j}, "
-            f"no detectable difference on {n - k - j})")
+            f"equivalent on {e}, inconclusive on {n - k - j - e})")
 
 
 def _rename(outcome: str, better: str, worse: str) -> str:
@@ -365,20 +353,27 @@ def _rename(outcome: str, better: str, worse: str) -> str:
 
 
 VERDICT_RULE = f"""\
-- **Per setting**, a comparison's outcome is *better* / *worse* when its Holm-adjusted p-value is below
-  {stats.ALPHA} (the direction from the mean difference), otherwise *no detectable difference*; *not testable*
-  when either side has fewer than 2 ok runs; *not run* when the setting or one of the two arms has no records.
-  Accuracy comparisons against `none` are the rows of [pairwise.md](pairwise.md): paired on shared seeds
-  (paired t-test), Holm over **all** rows of that table. Comparisons computed for this report (train–test
-  gap, mechanism, head to head) use the same statistics (`regbench.reporting.stats.compare`) with Holm over
-  the rows of their own table, as each section says.
-- **Per claim**, over the n settings with a tested outcome: **supported** = better on all n;
-  **partly supported** = better on some, worse on none; **mixed** = better on some and worse on some;
-  **not supported** = no detectable difference on all n; **contradicted** = worse on some, better on none;
-  **not run** = n = 0.
-- The 95% intervals are percentile-bootstrap intervals ({stats.N_RESAMPLES} resamples, seed
-  {stats.BOOTSTRAP_SEED}): of an arm's mean over seeds, or of the mean per-seed difference when paired
-  (see `src/regbench/reporting/README_STATS.md`)."""
+- **Per setting**, a comparison has one of four outcomes: *better* / *worse* when its Holm-adjusted p-value
+  is below {stats.ALPHA} (the direction from the mean difference); else *equivalent* when the two one-sided
+  tests (TOST: paired `statsmodels` `ttost_paired`, Welch `ttost_ind` when unpaired) show the difference lies
+  within ±{stats.EQUIVALENCE_MARGIN:g} (1 pp of accuracy; the same number in a mechanism metric's own units),
+  Holm-adjusted the same way; else *inconclusive* (neither a difference nor equivalence is shown). *Not
+  testable* when either side has fewer than 2 ok runs; *not run* when the setting or one of the two arms has
+  no records.
+- **Holm families are per claim**: each table below is one family (its rows, or the rows of the tables a
+  section names), so adding an arm or a setting to another claim changes no p-value here.
+  [pairwise.md](pairwise.md) uses per-setting families instead (its rows against `none` in one data/model/config).
+  Comparisons are paired on shared seeds (paired t-test), with `regbench.reporting.stats.compare`.
+- **Collapsed runs** (status `collapsed`: final train accuracy within {health.CHANCE_MARGIN:g} of chance, or at least
+  {health.DEAD_FRACTION:.0%} of the hidden units dead; `regbench.health`) are counted in the training-health table
+  and left out of every statistic, like diverged and failed runs.
+- **Per claim**, over the n settings with a tested outcome (symmetric labels): **supported** / **contradicted**
+  = better / worse on all n; **partly supported** / **partly contradicted** = better / worse on some and the
+  other direction on none; **mixed** = better on some and worse on some; **no effect** = equivalent on all n;
+  **inconclusive** = none of these (no direction, equivalence not shown everywhere); **not run** = n = 0.
+- The 95% intervals are Student t-intervals: of an arm's mean over seeds, or of the mean per-seed difference
+  when paired (see `src/regbench/reporting/README_STATS.md`; a percentile bootstrap covers only about 90% at
+  10 seeds)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -390,6 +385,7 @@ class Comparison:
     key: tuple
     result: dict[str, Any] = field(default_factory=dict)
     p_holm: float = math.nan
+    p_tost_holm: float = math.nan
     outcome: str = NOT_RUN
 
 
@@ -404,14 +400,32 @@ def compare_family(specs: list[tuple[tuple, dict | None, dict | None, bool]]) ->
     run = [(key, a, b, hib) for key, a, b, hib in specs if isinstance(a, dict) and isinstance(b, dict)]
     results = [stats.compare(a, b, higher_is_better=hib) for _, a, b, hib in run]
     p_holm = stats.holm([r["p_verdict"] for r in results]) if results else []
-    for (key, _a, _b, hib), r, ph in zip(run, results, p_holm):
+    p_tost = stats.holm([r["p_tost"] for r in results]) if results else []
+    for (key, _a, _b, hib), r, ph, pt in zip(run, results, p_holm, p_tost):
         c = out[key]
-        c.result, c.p_holm = r, float(ph)
+        c.result, c.p_holm, c.p_tost_holm = r, float(ph), float(pt)
         if min(r["n_arm"], r["n_baseline"]) < 2:
             c.outcome = "not testable"
         else:
-            c.outcome = stats.verdict(r["diff_mean"], ph, hib)
+            c.outcome = stats.outcome(r["diff_mean"], ph, pt, hib)
     return out
+
+
+def accuracy_family(study: "Study", contexts: list[Context], names: tuple[str, ...],
+                    base: str = BASELINE) -> dict[tuple, Comparison]:
+    """One Holm family: test accuracy of each arm in `names` against `base` in each context, keyed
+    (name, setting)."""
+    return compare_family([((name, ctx.setting), _vals_or_none(ctx, name, METRIC) if ctx.arm(base) else None,
+                            _vals_or_none(ctx, base, METRIC), True) for name in names for ctx in contexts])
+
+
+def _fam_cells(fam: dict[tuple, Comparison], key: tuple) -> tuple[str, str, str]:
+    """(difference in pp with CI, p_holm within the family, outcome)."""
+    c = fam[key]
+    r = c.result
+    if not r:
+        return NOT_RUN if c.outcome == NOT_RUN else "–", "–", c.outcome
+    return fmt_pp(r["diff_mean"], r["ci_low"], r["ci_high"]), fmt_p(c.p_holm), c.outcome
 
 
 def _vals_or_none(ctx: Context, name: str, column: str) -> dict | None:
@@ -445,13 +459,14 @@ class Study:
     readme: Path | None = None
     files: list[Path] = field(default_factory=list)
     size_series: dict[str, list[tuple[int, float, float, float]]] = field(default_factory=dict)
+    families: dict[str, dict] = field(default_factory=dict)  # claim -> its Holm family of Comparisons
 
 
 def _overview(study: Study) -> str:
     runs = study.runs
-    counts = {s: int((runs["status"] == s).sum()) for s in ("ok", "diverged", "failed")}
-    lines = [f"{len(runs)} run records read ({counts['ok']} ok, {counts['diverged']} diverged, "
-             f"{counts['failed']} failed); only ok runs enter the statistics."]
+    counts = {s: int((runs["status"] == s).sum()) for s in ("ok", "collapsed", "diverged", "failed")}
+    lines = [f"{len(runs)} run records read ({counts['ok']} ok, {counts['collapsed']} collapsed, "
+             f"{counts['diverged']} diverged, {counts['failed']} failed); only ok runs enter the statistics."]
     rows = []
     seen: set[Setting] = set()
     shown: dict[tuple, str] = {}
@@ -487,6 +502,32 @@ def _overview(study: Study) -> str:
     return "\n".join(lines)
 
 
+def _health(study: Study) -> str:
+    """Training health: every arm with a collapsed run, its rate with a Wilson CI and its seeds."""
+    pa = study.report.per_arm
+    rule = (f"A run is *collapsed* when it finished but did not train: final train accuracy within "
+            f"{health.CHANCE_MARGIN:g} of chance (1/10), or at least {health.DEAD_FRACTION:.0%} of its hidden units "
+            f"never active on the test set (`regbench.health`; derived from each record on read). Collapsed runs "
+            f"are excluded from every statistic below and counted here.")
+    if pa.empty or not (pa["seeds_collapsed"] > 0).any():
+        return rule + " No run of this study collapsed."
+    runs = study.runs
+    rows = []
+    for _, r in pa[pa["seeds_collapsed"] > 0].sort_values(["data", "model", "config", "regularizer"]).iterrows():
+        g = runs[(runs["data"] == r["data"]) & (runs["model"] == r["model"]) & (runs["group_hash"] == r["config"])
+                 & (runs["arm"] == r["regularizer"]) & (runs["status"] == "collapsed")]
+        seeds = ", ".join(str(x) for x in sorted(g["seed"].tolist(), key=str))
+        finished = int(r["seeds_ok"] + r["seeds_collapsed"])
+        rows.append([f"{r['data']}/{r['model']}", r["config"], r["regularizer"],
+                     f"{int(r['seeds_collapsed'])} / {finished}",
+                     fmt_ci(100 * r["collapse_rate"], 100 * r["collapse_ci95_low"], 100 * r["collapse_ci95_high"], 0),
+                     seeds, fmt_acc(r[f"{T}_mean"]), fmt_acc(r[f"{T}_mean_with_collapsed"])])
+    table = md_table(["setting", "config", "arm", "collapsed / finished runs", "rate % [95% Wilson CI]", "seeds",
+                      "test acc % without them", "with them (not used)"], rows, right={3, 4, 6, 7})
+    warn = [f"- {w}" for w in study.report.warnings]
+    return "\n".join([rule, "", table] + ([""] + warn if warn else []))
+
+
 def _timing(experiment_dir: Path) -> str:
     path = experiment_dir / TIMING_FILE
     if not path.is_file():
@@ -508,8 +549,9 @@ def _timing(experiment_dir: Path) -> str:
 def _claim1(study: Study) -> None:
     rep, f = study.report, study.fields
     rows, outcomes = [], []
+    fam1 = study.families["claim1_accuracy"] = accuracy_family(study, study.main, (DROPOUT,))
     for ctx in study.main:
-        diff, p, outcome = _pair_cells(rep, ctx, DROPOUT)
+        diff, p, outcome = _fam_cells(fam1, (DROPOUT, ctx.setting))
         outcomes.append(outcome)
         rows.append([ctx.setting.label, f"{_n_ok(rep, ctx, BASELINE)} / {_n_ok(rep, ctx, DROPOUT)}",
                      _acc_cell(rep, ctx, BASELINE), _acc_cell(rep, ctx, DROPOUT), diff, p, outcome])
@@ -539,9 +581,10 @@ def _claim1(study: Study) -> None:
     study.verdicts["claim1_gap"] = tally(gap_outcomes)[0]
 
     rows = []
+    famv = study.families["claim1_variants"] = accuracy_family(study, study.main, DROPOUT_VARIANTS)
     for ctx in study.main:
         for arm in DROPOUT_VARIANTS:
-            diff, p, outcome = _pair_cells(rep, ctx, arm)
+            diff, p, outcome = _fam_cells(famv, (arm, ctx.setting))
             rows.append([ctx.setting.label, arm, _acc_cell(rep, ctx, arm), diff, p, outcome])
     f["claim1_variants_table"] = md_table(["setting", "arm", "test acc % [95% CI]", "arm − none, pp [95% CI]",
                                            "p_holm", "outcome"], rows, right={2, 3, 4})
@@ -602,8 +645,9 @@ def _claim2(study: Study) -> None:
 def _claim3(study: Study) -> None:
     rep, f = study.report, study.fields
     rows, acc_outcomes, halt_outcomes = [], [], []
+    fam3 = study.families["claim3_accuracy"] = accuracy_family(study, study.main, (EARLY,))
     for ctx in study.main:
-        diff, p, outcome = _pair_cells(rep, ctx, EARLY)
+        diff, p, outcome = _fam_cells(fam3, (EARLY, ctx.setting))
         acc_outcomes.append(outcome)
         es, base = _per_arm_row(rep, ctx, EARLY), _per_arm_row(rep, ctx, BASELINE)
         max_epochs = ctx.config_value("trainer", "max_epochs")
@@ -614,7 +658,7 @@ def _claim3(study: Study) -> None:
             label = ctx.arm(EARLY)
             ok = ctx.runs[(ctx.runs["arm"] == label) & (ctx.runs["status"] == "ok")]
             k, n = int(ok["stopped_early"].sum()), len(ok)
-            halt_outcomes.append(NOT_RUN if n == 0 else ("better" if 2 * k > n else "no detectable difference"))
+            halt_outcomes.append(NOT_RUN if n == 0 else ("better" if 2 * k > n else "worse"))
             stopped = f"{k} / {n}"
             base_epochs = fmt_num(base["epochs_trained_mean"], 1) if base is not None else "–"
             epochs = f"{base_epochs} / {fmt_num(es['epochs_trained_mean'], 1)}"
@@ -628,10 +672,9 @@ def _claim3(study: Study) -> None:
                                   "epochs trained none / early_stop", "best epoch (early_stop)",
                                   "fit seconds none / early_stop"], rows)
     cat, n, k, _ = tally(halt_outcomes)
-    halt = {"supported": "supported", "partly supported": "partly supported", "not supported": "not supported"}.get(
-        cat, cat)
+    halt = cat
     f["claim3_halt_verdict"] = (f"**{halt}** (halting: early stopping stopped before the epoch limit in most of "
-                                f"its runs on {k} of {n} settings)" if n else f"**{NOT_RUN}**")
+                                f"its runs on {k} of {n} settings, and did not on {n - k})" if n else f"**{NOT_RUN}**")
     f["claim3_verdict"] = verdict_line(acc_outcomes, "better", "worse", "test accuracy of early_stop vs none")
     study.verdicts["claim3_halt"] = halt
     study.verdicts["claim3_accuracy"] = tally(acc_outcomes)[0]
@@ -662,8 +705,7 @@ def _claim4(study: Study) -> None:
             disjoint = d[f"{T}_ci95_low"] > e[f"{T}_ci95_high"] or e[f"{T}_ci95_low"] > d[f"{T}_ci95_high"]
             overlap = "no" if disjoint else "yes"
         c = fam[("h2h", ctx.setting)]
-        winner = {"better": "dropout", "worse": "early stopping", "no detectable difference": "neither"}.get(
-            c.outcome, c.outcome)
+        winner = {"better": "dropout", "worse": "early stopping"}.get(c.outcome, c.outcome)
         winners.append(c.outcome)
         diff, p = cell(("h2h", ctx.setting))
         rows.append([ctx.setting.label, _acc_cell(rep, ctx, DROPOUT), _acc_cell(rep, ctx, EARLY), overlap, diff, p,
@@ -672,8 +714,9 @@ def _claim4(study: Study) -> None:
                                   "CIs overlap", "dropout − early_stop, pp [95% CI]", "p_holm (both tables)",
                                   "better"], rows)
     cat, n, k, j = tally(winners)
+    e = winners.count("equivalent")
     f["claim4_verdict"] = (f"dropout better on {k} of {n} tested settings, early stopping better on {j}, "
-                           f"no detectable difference on {n - k - j}" if n else NOT_RUN)
+                           f"equivalent on {e}, inconclusive on {n - k - j - e}" if n else NOT_RUN)
     study.verdicts["claim4_head_to_head"] = f"{k}/{j}/{n}"
 
     rows, combo = [], []
@@ -683,7 +726,7 @@ def _claim4(study: Study) -> None:
         o1, o2 = fam[("combo-dropout", ctx.setting)].outcome, fam[("combo-early", ctx.setting)].outcome
         if o1 in TESTED and o2 in TESTED:
             both = ("better" if o1 == o2 == "better" else "worse" if "worse" in (o1, o2)
-                    else "no detectable difference")
+                    else "equivalent" if o1 == o2 == "equivalent" else "inconclusive")
         else:
             both = NOT_RUN if NOT_RUN in (o1, o2) else "not testable"
         combo.append(both)
@@ -701,16 +744,18 @@ def _claim4(study: Study) -> None:
 def _claim5(study: Study) -> None:
     rep, f = study.report, study.fields
     rows, series = [], {DROPOUT: [], EARLY: []}
+    fam5 = study.families["claim5"] = accuracy_family(study, study.sizes, (DROPOUT,))
+    fam5e = study.families["claim5_early_stop"] = accuracy_family(study, study.sizes, (EARLY,))
     for ctx in study.sizes:
-        diff, p, outcome = _pair_cells(rep, ctx, DROPOUT)
+        diff, p, outcome = _fam_cells(fam5, (DROPOUT, ctx.setting))
         rows.append([str(ctx.setting.train_size), f"{_n_ok(rep, ctx, BASELINE)} / {_n_ok(rep, ctx, DROPOUT)}",
                      _acc_cell(rep, ctx, BASELINE), _acc_cell(rep, ctx, DROPOUT), diff, p, outcome,
-                     _pair_cells(rep, ctx, EARLY)[0]])
-        for arm in series:
-            r = _pair_row(rep, ctx, arm)
-            if r is not None and not _nan(r[f"{T}_diff_mean"]):
-                series[arm].append((ctx.setting.train_size, float(r[f"{T}_diff_mean"]),
-                                    float(r["diff_ci95_low"]), float(r["diff_ci95_high"])))
+                     _fam_cells(fam5e, (EARLY, ctx.setting))[0]])
+        for arm, fam in ((DROPOUT, fam5), (EARLY, fam5e)):
+            r = fam[(arm, ctx.setting)].result
+            if r and not _nan(r["diff_mean"]):
+                series[arm].append((ctx.setting.train_size, float(r["diff_mean"]),
+                                    float(r["ci_low"]), float(r["ci_high"])))
     f["claim5_table"] = md_table(["train size", "ok runs none / dropout", "none: test acc % [95% CI]",
                                   "dropout: test acc % [95% CI]", "dropout − none, pp [95% CI]", "p_holm", "outcome",
                                   "early_stop − none, pp [95% CI]"], rows)
@@ -734,14 +779,18 @@ def _claim5(study: Study) -> None:
             rho = float(sps.spearmanr([n for n, _ in diffs], [d.mean() for _, d in diffs]).statistic) \
                 if len(diffs) >= 3 else math.nan
         gap = small.mean() - large.mean()
+        p_eq = stats.tost_pvalue(small, large, stats.EQUIVALENCE_MARGIN, paired=False)
         if not _nan(p) and p < stats.ALPHA:
             cat = "supported" if gap > 0 else "contradicted"
+        elif not _nan(p_eq) and p_eq < stats.ALPHA:
+            cat = "no effect"
         else:
-            cat = "not supported"
+            cat = "inconclusive"
         f["claim5_trend"] = (
             f"Benefit of dropout (mean per-seed dropout − none) at n={n_small}: {fmt_pp(small.mean())} pp "
             f"({small.size} seeds); at n={n_large}: {fmt_pp(large.mean())} pp ({large.size} seeds); "
-            f"difference {fmt_pp(gap)} pp, Welch's t-test p = {fmt_p(p)}. "
+            f"difference {fmt_pp(gap)} pp, Welch's t-test p = {fmt_p(p)}, TOST (±{100 * stats.EQUIVALENCE_MARGIN:g} pp) "
+            f"p = {fmt_p(p_eq)}. "
             f"Spearman correlation of the mean difference with the training-set size over the "
             f"{len(diffs)} sizes: {fmt_num(rho, 2)} (descriptive only).")
         f["claim5_verdict"] = (f"**{cat}** (dropout's benefit at the smallest size minus that at the largest: "
@@ -928,6 +977,7 @@ def build_study(experiment_dir: str | Path, *, plots: bool = True) -> Study:
     study.files = list(report.files)
     f = study.fields
     f["overview"] = _overview(study)
+    f["health"] = _health(study)
     f["timing"] = _timing(experiment_dir)
     f["verdict_rule"] = VERDICT_RULE
     f["alpha"] = f"{stats.ALPHA}"

@@ -55,7 +55,7 @@ class SweepStatus(Callback):
         token = os.environ.pop(TOKEN_ENV, None)
         counts = Counter(sweep_counts(Path(config.hydra.sweep.dir), token))
         total = sum(counts.values())
-        parts = [f"{counts[s]} {label}" for s, label in (("ok", "ok"), ("diverged", "diverged"),
+        parts = [f"{counts[s]} {label}" for s, label in (("ok", "ok"), ("collapsed", "collapsed"), ("diverged", "diverged"),
                  ("skipped", "skipped (already ok)"), ("busy", "skipped (running elsewhere)"),
                  ("rejected", "rejected (invalid config)"), ("failed", "failed")) if counts[s]]
         log.info("sweep finished: %d runs: %s", total, ", ".join(parts) or "none")

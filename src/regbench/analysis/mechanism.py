@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regbench.analysis.predictions import encode as encode_predictions
+
 MECHANISM_VERSION = 1
 ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.SELU)
 ECE_BINS = 15
@@ -296,6 +298,8 @@ def measure(net: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, chunk: i
     return {
         "version": MECHANISM_VERSION,
         "n_test": n,
+        "num_classes": int(p.shape[1]),
+        "test_predictions": encode_predictions(pred, y),  # per example, for McNemar / paired bootstraps
         "prediction": "given probabilities" if probs is not None else "softmax of one eval-mode pass",
         "acc": _value((pred == y).to(torch.float64).mean()),
         "nll": _value(nll),

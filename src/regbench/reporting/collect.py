@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from regbench.records import METRIC_KEYS, find_records, read_record
+from regbench.reporting.columns import run_columns
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def _row(record: dict[str, Any], path: Path) -> dict[str, Any]:
         "config": config,
         "reg_settings": json.dumps(config.get("regularizer"), sort_keys=True, default=str),
     }
+    row.update(run_columns(record))  # status with the training-health rule applied, n_test, predictions
     return row
 
 

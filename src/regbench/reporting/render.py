@@ -16,7 +16,7 @@ def _fmt(col: str, v) -> str | None:
         return None
     if isinstance(v, str):
         return v
-    if col.startswith(("seeds_", "n_")) or col == "contexts_ranked":
+    if col.startswith(("seeds_", "n_")) or col in ("contexts_ranked", "settings_ranked", "rank"):
         return str(int(v))
     if col.startswith("p_"):
         return f"{v:.1e}" if v < 1e-3 else f"{v:.3f}"
@@ -54,9 +54,10 @@ def latex(df: pd.DataFrame, caption: str) -> str:
 
 
 def write_table(df: pd.DataFrame, out_dir: Path, stem: str, title: str, legend: str,
-                notes: list[str]) -> tuple[list[Path], str]:
-    """Write stem.md / .csv / .tex; returns (paths, the Markdown text)."""
-    md = [f"## {title}", "", markdown(df), "", f"*Legend:* {legend}"]
+                notes: list[str], md_view: pd.DataFrame | None = None) -> tuple[list[Path], str]:
+    """Write stem.md / .csv / .tex; returns (paths, the Markdown text). `md_view` (already formatted
+    strings) replaces `df` in the Markdown: the at-a-glance columns; the CSV and LaTeX keep all of df."""
+    md = [f"## {title}", "", markdown(df if md_view is None else md_view), "", f"*Legend:* {legend}"]
     if notes:
         md += ["", "Notes:"] + [f"- {n}" for n in notes]
     text = "\n".join(md) + "\n"

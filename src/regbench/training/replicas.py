@@ -790,8 +790,10 @@ def train_from_config(rc, seeds: Sequence[int], data_keys: list[str], model_keys
                               checkpoint_every=rc.trainer.checkpoint_every, devices=rc.trainer.devices)
     if not ok:
         raise NotVectorizable(why)
+    if getattr(rc.data, "split_per_seed", None):  # one data object serves every replica
+        raise NotVectorizable("data.split_per_seed gives each seed its own validation split")
     device = pick_device(rc.trainer.accelerator)
-    data = build_data(rc.data.name, **{k: getattr(rc.data, k) for k in data_keys}).to(device)
+    data = build_data(rc.data.name, **{k: getattr(rc.data, k) for k in data_keys if k != "split_per_seed"}).to(device)
     return train_replicas(seeds=seeds, data=data, model_name=rc.model.name,
                           model_kwargs={k: getattr(rc.model, k) for k in model_keys}, reg=reg,
                           optim_name=rc.optim.name, lr=rc.optim.lr, momentum=rc.optim.momentum,
