@@ -7,7 +7,7 @@ SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
 # the sweep folder `make run` prints: SWEEP's name= and runs_root= when it sets them
 RUN_DIR = $(or $(patsubst runs_root=%,%,$(filter runs_root=%,$(SWEEP))),runs)/$(or $(patsubst name=%,%,$(filter name=%,$(SWEEP))),default)
 
-.PHONY: setup run test test-slow tables bench study study-replicas study-tuned clean
+.PHONY: setup run test test-slow test-cluster tables bench study study-replicas study-tuned clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ test: $(STAMP)    ## the test suite (slow tests excluded; see test-slow)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+test-cluster: $(STAMP)   ## sweeps through a real SLURM cluster (as root, first: scripts/slurm-local.sh start)
+	$(PY) -m pytest -q -m cluster tests/test_cluster.py
 
 # --if-changed: a report is rebuilt only when its records (or the reporting code) changed since it was
 # written (.report_stamp in each folder); FORCE=1 rebuilds them all. agreement.md is redone when

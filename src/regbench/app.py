@@ -374,7 +374,7 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
         devices=rc.trainer.devices, precision=rc.trainer.precision, deterministic=rc.trainer.deterministic,
         callbacks=callbacks, logger=logger, log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0,
         enable_progress_bar=bar, enable_model_summary=False, enable_checkpointing=False,
-        default_root_dir=str(run_dir),
+        default_root_dir=str(run_dir), plugins=slurm_plugins(),
     )
     epochs = EpochData(data.x_train, data.y_train, data.x_val, data.y_val)
     setup_seconds = time.perf_counter() - t0
@@ -448,6 +448,16 @@ def network_of(rc: RunConfig, data, reg, model_keys: list[str]):
     model_kwargs = {k: getattr(rc.model, k) for k in model_keys}
     return build_model(rc.model.name, data.input_shape, data.num_classes, reg.slots, regularizer=rc.regularizer.name,
                        data_name=rc.data.name, **model_kwargs)
+
+
+def slurm_plugins() -> list[Any]:
+    """Inside a SLURM job, Lightning's SLURM environment without its auto-requeue. The launcher's
+    submitit already requeues a preempted job (on its signal, USR2) and reruns the Hydra job, which
+    resumes from trainer.checkpoint_every's checkpoint; Lightning's auto-requeue (on SIGUSR1: an
+    hpc_ckpt file and `scontrol requeue`) would be a second mechanism racing the first."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def split_kwargs(data_kwargs: dict[str, Any], seed: int) -> dict[str, Any]:
