@@ -7,7 +7,7 @@ SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
 # the sweep folder `make run` prints: SWEEP's name= and runs_root= when it sets them
 RUN_DIR = $(or $(patsubst runs_root=%,%,$(filter runs_root=%,$(SWEEP))),runs)/$(or $(patsubst name=%,%,$(filter name=%,$(SWEEP))),default)
 
-.PHONY: setup run test test-slow tables bench study study-replicas clean
+.PHONY: setup run test test-slow test-cluster tables bench study study-replicas study-tuned clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ test: $(STAMP)    ## the test suite (slow tests excluded; see test-slow)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+test-cluster: $(STAMP)   ## sweeps through a real SLURM cluster (as root, first: scripts/slurm-local.sh start)
+	$(PY) -m pytest -q -m cluster tests/test_cluster.py
 
 # --if-changed: a report is rebuilt only when its records (or the reporting code) changed since it was
 # written (.report_stamp in each folder); FORCE=1 rebuilds them all. agreement.md is redone when
@@ -61,6 +64,14 @@ study: $(STAMP)   ## the dropout-vs-early-stopping study from scratch (runs alre
 REPLICAS := experiments/dropout_vs_early_stopping_replicas
 study-replicas: $(STAMP)   ## the same study with stacked replicas (10 seeds per model), timed, then compared with it
 	$(call timed_study,study-replicas,dropout_vs_early_stopping_replicas,$(REPLICAS),$(PY) $(REPLICAS)/compare.py)
+
+TUNED := experiments/tuned_mnist1d_mlp
+study-tuned: $(STAMP)   ## the tuned protocol on the MNIST-1D MLP (7 arms x 16 trials x 3 seeds + 7 x 20 final seeds), timed
+	@load0="$$(cut -d' ' -f1-3 /proc/loadavg)"; start=$$(date +%s); \
+	$(PY) run.py -m experiment=tuned_mnist1d_mlp; status=$$?; \
+	printf '{"seconds": %d, "command": "make study-tuned", "machine": "%s, %s cores", "loadavg_before": "%s", "loadavg_after": "%s"}\n' \
+	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" "$$load0" "$$(cut -d' ' -f1-3 /proc/loadavg)" > $(TUNED)/timing.json; \
+	exit $$status
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,15 @@ def raising(*seeds: int) -> dict[str, str]:
 def tiny(*extra: str) -> list[str]:
     """Overrides for a run of a few seconds: 3 epochs, quiet."""
     return ["trainer.max_epochs=3", "trainer.progress_every=0", *extra]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say so when the cluster tests were left out (make test), and whether a cluster is at hand."""
+    if "not cluster" not in (terminalreporter.config.getoption("markexpr") or ""):
+        return
+    left_out = [i for i in terminalreporter.stats.get("deselected", []) if i.get_closest_marker("cluster")]
+    if left_out:
+        where = ("`sinfo` found: run them with `make test-cluster`" if shutil.which("sinfo") else
+                 "no `sinfo` found: start a local cluster as root with `scripts/slurm-local.sh start`, "
+                 "then `make test-cluster`")
+        terminalreporter.write_line(f"{len(left_out)} cluster tests not run ({where})")

@@ -49,7 +49,11 @@ def test_slurm_launcher_is_configured_with_defaults_and_partition_from_the_envir
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher._target_ == "hydra_plugins.regbench_launcher.slurm_launcher.RegbenchSlurmLauncher"
+    from hydra.core.plugins import Plugins
+
+    assert launcher._target_ in Plugins.instance().class_name_to_class  # Hydra found the plugin
+    assert launcher.result_grace_s == 30 and launcher.array_parallelism == 64
     assert launcher.partition == "cpu-short"
     assert launcher.timeout_min == 60 and launcher.cpus_per_task == 1
     assert OmegaConf.select(cfg, "trainer.threads") == launcher.cpus_per_task

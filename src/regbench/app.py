@@ -45,11 +45,59 @@ def _is_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run(cfg: DictConfig) -> str:
-    """Hydra task: one run. Returns what happened: ok, diverged, failed, skipped (done before) or busy.
-    A full disk is named as such (not as whatever error it caused); no partial record is left."""
+class Outcome(str):
+    """What a run returns to Hydra: its status (ok, diverged, failed, skipped, busy, rejected) as a
+    string -- what the sweep's status line counts (sweep.py) -- and, as its float value, the objective
+    a sweeper optimizes (`protocol.metric`, a validation metric; NaN when the run has none, which
+    Optuna records as a failed trial): `float(outcome)`. So `hydra/sweeper=optuna` gets its floats
+    and the status is still recorded."""
+
+    objective: float
+
+    def __new__(cls, status: str, objective: float = float("nan")) -> "Outcome":
+        self = super().__new__(cls, status)
+        self.objective = float(objective)
+        return self
+
+    def __float__(self) -> float:
+        return self.objective
+
+    def __reduce__(self):  # joblib / submitit pickle the return value
+        return (Outcome, (str(self), self.objective))
+
+
+def run(cfg: DictConfig) -> Outcome:
+    """Hydra task: one run (or one arm's tuning study with protocol=tuned). Returns an Outcome: the
+    status as a string, the objective `protocol.metric` as its float value."""
+    status = _run(cfg)
+    if isinstance(status, Outcome):
+        return status
+    return Outcome(status, _objective(cfg))
+
+
+def _objective(cfg: DictConfig) -> float:
+    """Mean `protocol.metric` over the ok records this run wrote or found (one, or the replica group)."""
     try:
-        return _run(cfg)
+        metric = cfg.protocol.metric
+        replicas = int(cfg.replicas)
+        seeds = [int(cfg.seed) + k for k in range(replicas)]
+        base = _run_dir().parent
+        cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds] if replicas > 1 else [cfg]
+        values = []
+        for c in cfgs:
+            r = read_record(base / run_id(c) / RESULTS_FILE)
+            if r["status"] == "ok":
+                values.append(float(r["metrics"][metric]))
+        return sum(values) / len(values) if len(values) == len(cfgs) else float("nan")
+    except Exception:  # noqa: BLE001 - no record (rejected, busy, failed): no objective
+        return float("nan")
+
+
+def _run(cfg: DictConfig) -> str | Outcome:
+    """The run (`_run_task`); a full disk is named as such (not as whatever error it caused), and no
+    partial record is left."""
+    try:
+        return _run_task(cfg)
     except Exception as e:
         full = _no_space(e, _run_dir())
         if full is None:
@@ -78,15 +126,15 @@ def _no_space(error: BaseException, run_dir: Path) -> str | None:
         return None
 
 
-def _run(cfg: DictConfig) -> str:
-    from regbench.watchdog import exit_with_parent
-
-    exit_with_parent()  # a joblib worker must not outlive the sweep's process (and keep its locks)
+def _run_task(cfg: DictConfig) -> str | Outcome:
     run_dir = _run_dir()
     try:
         rc = validate(cfg)
     except ConfigError as e:
         return _reject(e, run_dir)
+
+    if rc.protocol.name == "tuned" and rc.protocol.role is None:
+        return run_tuned(cfg, run_dir)
 
     if rc.replicas > 1:
         return run_replicas(cfg, rc, run_dir)
@@ -123,6 +171,31 @@ def _run(cfg: DictConfig) -> str:
     finally:
         lock.release()
         _remove_if_empty(run_dir)  # a rejected run leaves no folder behind
+
+
+def run_tuned(cfg: DictConfig, study_dir: Path) -> Outcome:
+    """protocol=tuned: this job is one arm's study (regbench/tuning/study.py); returns the status of
+    its runs and the best trial's score."""
+    from regbench.tuning.space import parse_space
+    from regbench.tuning.study import run_study
+
+    try:
+        parse_space(cfg)
+    except ConfigError as e:
+        return Outcome(_reject(e, study_dir))
+    try:
+        status, best = run_study(cfg, study_dir)
+    except SystemExit as e:
+        _exit_on_sigterm(e)
+        raise
+    except _rejected() as e:
+        return Outcome(_reject(e, study_dir))
+    except Exception as e:
+        log.exception("tuning study %s failed", study_dir.name)
+        if not _is_multirun():
+            raise
+        return Outcome("failed")
+    return Outcome(status, best)
 
 
 def _exit_on_sigterm(e: SystemExit) -> None:
@@ -382,7 +455,7 @@ def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[s
         devices=rc.trainer.devices, precision=rc.trainer.precision, deterministic=rc.trainer.deterministic,
         callbacks=callbacks, logger=logger, log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0,
         enable_progress_bar=bar, enable_model_summary=False, enable_checkpointing=False,
-        default_root_dir=str(run_dir),
+        default_root_dir=str(run_dir), plugins=slurm_plugins(),
     )
     epochs = EpochData(data.x_train, data.y_train, data.x_val, data.y_val)
     setup_seconds = time.perf_counter() - t0
@@ -457,6 +530,16 @@ def network_of(rc: RunConfig, data, reg, model_keys: list[str]):
     model_kwargs = {k: getattr(rc.model, k) for k in model_keys}
     return build_model(rc.model.name, data.input_shape, data.num_classes, reg.slots, regularizer=rc.regularizer.name,
                        data_name=rc.data.name, **model_kwargs)
+
+
+def slurm_plugins() -> list[Any]:
+    """Inside a SLURM job, Lightning's SLURM environment without its auto-requeue. The launcher's
+    submitit already requeues a preempted job (on its signal, USR2) and reruns the Hydra job, which
+    resumes from trainer.checkpoint_every's checkpoint; Lightning's auto-requeue (on SIGUSR1: an
+    hpc_ckpt file and `scontrol requeue`) would be a second mechanism racing the first."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def split_kwargs(data_kwargs: dict[str, Any], seed: int) -> dict[str, Any]:

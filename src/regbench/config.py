@@ -136,6 +136,9 @@ class RegularizerConfig:
     maxnorm: Optional[float] = rng(POS, None)             # c: ||w_unit||_2 <= c
     rdrop_alpha: Optional[float] = rng(POS, None)         # R-Drop consistency weight
     mc_samples: int = rng(NONNEG, 0)                      # MC dropout passes at test time
+    # protocol=tuned: this arm's search space, keys relative to `regularizer` (regbench/tuning/space.py);
+    # a fixed run ignores it
+    tune: Optional[dict[str, Any]] = None
 
 
 # -------------------------------------------------------------------------------- optimization
@@ -171,6 +174,33 @@ class LoggerConfig:
     tracking_uri: Optional[str] = None               # mlflow only: a folder (file store) or an MLflow URI
 
 
+# ------------------------------------------------------------------------------------ protocol
+SAMPLERS = ("grid", "random", "tpe")
+# what selection may read: validation metrics only (the test split never influences a choice)
+SELECTION_METRICS = ("val/acc", "val/loss", "best_val/acc", "best_val/loss")
+
+
+@dataclass
+class ProtocolConfig:
+    """`fixed`: each arm at the strength its YAML sets. `tuned`: each arm tuned with the same budget
+    (trials x tune_seeds) on validation, then its chosen config trained on fresh final seeds."""
+    name: str = one_of("fixed", "tuned")
+    metric: str = one_of(*SELECTION_METRICS)   # the objective a run returns (to a sweeper) and tuning maximizes/minimizes
+    trials: Optional[int] = rng(POS_INT, None)            # N per arm
+    tune_seeds: Optional[int] = rng(POS_INT, None)        # k seeds per trial: tune_seed_start .. +k-1
+    tune_seed_start: Optional[int] = rng(NONNEG, None)
+    final_seeds: Optional[int] = rng(POS_INT, None)       # M fresh seeds: final_seed_start .. +M-1
+    final_seed_start: Optional[int] = rng(NONNEG, None)
+    sampler: Optional[str] = one_of(*SAMPLERS, default=None)
+    sampler_seed: Optional[int] = rng(NONNEG, None)
+    stack: bool = True                                    # train a trial's seeds as one stacked model
+    tune: Optional[dict[str, Any]] = None                 # the shared space of every arm (root-relative keys)
+    # set by the protocol on the runs it trains (never by hand): the record's role and trial
+    role: Optional[str] = one_of("tune", "final", default=None)
+    trial: Optional[int] = rng(NONNEG, None)
+    study: Optional[str] = None
+
+
 # ---------------------------------------------------------------------------------------- root
 @dataclass
 class RunConfig:
@@ -185,6 +215,7 @@ class RunConfig:
     runs_root: str = MISSING
     force: bool = False                 # rerun a run whose results.json already says ok
     replicas: int = rng(POS_INT)        # >1: train seeds seed..seed+replicas-1 stacked in one model
+    protocol: ProtocolConfig = MISSING  # fixed (default) or tuned (conf/protocol/)
 
 
 def _check_ranges(obj: Any, path: str) -> None:
@@ -261,6 +292,24 @@ def _require(cfg: RunConfig) -> None:
         raise ConfigError(f"seed={cfg.seed} with replicas={cfg.replicas}: seed must be a multiple of replicas "
                           f"(a group is seeds k*replicas .. k*replicas+replicas-1, and its records depend on "
                           f"the whole group), e.g. seed={cfg.seed - cfg.seed % cfg.replicas}")
+    p = cfg.protocol
+    if p.name == "tuned":
+        for k in ("trials", "tune_seeds", "tune_seed_start", "final_seeds", "final_seed_start", "sampler",
+                  "sampler_seed"):
+            if getattr(p, k) is None:
+                raise ConfigError(f"protocol.{k} is required for protocol=tuned (conf/protocol/tuned.yaml sets it)")
+        tune = range(p.tune_seed_start, p.tune_seed_start + p.tune_seeds)
+        final = range(p.final_seed_start, p.final_seed_start + p.final_seeds)
+        shared = sorted(set(tune) & set(final))
+        if shared:
+            raise ConfigError(
+                f"protocol.tune_seeds and protocol.final_seeds overlap: tuning seeds {tune.start}..{tune.stop - 1} "
+                f"and final seeds {final.start}..{final.stop - 1} share {len(shared)} seed(s) ({shared[0]}...); "
+                f"final numbers need fresh seeds: set protocol.final_seed_start >= {tune.stop} "
+                f"or <= {tune.start - p.final_seeds}")
+        if cfg.replicas != 1 and p.role is None:
+            raise ConfigError(f"replicas={cfg.replicas} with protocol=tuned: the protocol stacks each trial's "
+                              f"seeds itself (protocol.stack=true); leave replicas at 1")
     if cfg.regularizer.rdrop_alpha is not None and d is None:
         raise ConfigError("regularizer.rdrop_alpha needs regularizer.dropout (R-Drop compares two dropout passes)")
     if cfg.regularizer.mc_samples > 0 and d is None:

@@ -39,6 +39,11 @@ def result_config(cfg: DictConfig | dict) -> dict[str, Any]:
         trainer.pop(k, None)
     d["trainer"] = trainer
     d.get("data", {}).pop("root", None)   # where the cache lives is not what it holds
+    if isinstance(d.get("regularizer"), dict):
+        d["regularizer"].pop("tune", None)  # a search space changes no run: the values it picked are in the config
+    protocol = d.pop("protocol", None)
+    if isinstance(protocol, dict) and protocol.get("role"):
+        d["protocol_role"] = protocol["role"]  # tuning and final runs of one config are different runs
     if d.get("replicas", 1) == 1:
         d.pop("replicas", None)  # the separate-run engine: its ids stay those of runs made before the key existed
     return d
@@ -62,6 +67,12 @@ def config_hash(cfg: DictConfig | dict) -> str:
 
 
 def run_id(cfg: DictConfig | dict) -> str:
+    plain = _plain(cfg)
+    protocol = plain.get("protocol") or {}
+    if protocol.get("name") == "tuned" and not protocol.get("role"):
+        from regbench.tuning.space import study_name  # the folder of an arm's tuning study
+
+        return study_name(cfg)
     d = result_config(cfg)
     parts = [str(d["data"]["name"]), str(d["model"]["name"]), str(d["regularizer"]["name"])]
     dropout = d["regularizer"].get("dropout")

@@ -14,7 +14,8 @@ Schema (version 1); every key is always present, `null` where it does not apply:
     data, model, regularizer      the names of the three config groups
     group_hash      short hash of the config minus seed and regularizer: runs are only
                     ever pooled in a table when data, model, regularizer and this agree
-    config          the resolved config (dict)
+    config          the resolved config (dict); protocol=tuned runs carry config.protocol.role
+                    ("tune" / "final"), .trial and .study (regbench/tuning/study.py)
     metrics         {"test/acc", "test/loss", "train/acc", "train/loss",
                      "val/acc", "val/loss", "best_val/acc", "best_val/loss"}: floats;
                     train/*, val/* and test/* are measured in eval mode on the weights that

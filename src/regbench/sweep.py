@@ -39,6 +39,9 @@ START_ENV = "REGBENCH_SWEEP_START"
 class SweepStatus(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[TOKEN_ENV] = uuid.uuid4().hex  # inherited by the job processes started after this
+        # the sweep folder exists before the sweeper starts: hydra/sweeper=optuna opens its SQLite
+        # storage there (hparams_search presets) before any job has created the folder
+        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         os.environ[START_ENV] = repr(time.time())
         total = planned_jobs(config)
         os.environ[TOTAL_ENV] = str(total or "")
@@ -81,6 +84,9 @@ class SweepStatus(Callback):
         if counts["failed"] or counts["rejected"]:
             log.error("%d run(s) failed and %d rejected: see the log above, and each failed run's results.json "
                       "and traceback.txt in %s", counts["failed"], counts["rejected"], config.hydra.sweep.dir)
+            failed = sweep_counts(Path(config.hydra.sweep.dir), token, "failed")
+            if failed:
+                log.error("failed: %s", ", ".join(sorted(failed)))
             sys.exit(1)
 
 
@@ -143,8 +149,9 @@ def _release_idle_workers() -> None:
         log.debug("could not release the joblib workers: %s", e)
 
 
-def sweep_counts(sweep_dir: Path, token: str | None) -> list[str]:
-    """The statuses that the jobs of invocation `token` reported."""
+def sweep_counts(sweep_dir: Path, token: str | None, status: str | None = None) -> list[str]:
+    """The statuses that the jobs of invocation `token` reported; with `status`, the names of the
+    runs that reported it."""
     try:
         lines = (sweep_dir / STATUS_FILE).read_text().splitlines()
     except OSError:
@@ -155,6 +162,8 @@ def sweep_counts(sweep_dir: Path, token: str | None) -> list[str]:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if entry.get("token") == token:
+        if entry.get("token") == token and status is None:
             out.append(entry["status"])
+        elif entry.get("token") == token and entry["status"] == status:
+            out.append(entry["run"])
     return out

@@ -6,7 +6,9 @@
 Files written into out_dir: per_arm.{md,csv,tex}, comparison.{md,csv} (the same per-arm table under
 its older name), pairwise.{md,csv,tex}, ranking.{md,csv,tex} (only when the runs cover several
 distinct data/model settings; a stale one is removed otherwise), curves.png, intervals.png, gap.png,
-profile.png (performance profile, with the ranking).
+profile.png (performance profile, with the ranking), and, when the folder holds protocol=tuned runs,
+tuning.md and its files (reporting/tuning.py; the tuning runs enter only that report, never the
+tables above).
 Everything is a pure function of the records: regenerating gives byte-identical files.
 """
 
@@ -119,8 +121,15 @@ def write_report(paths, out_dir=None, *, baseline: str = "none", metric: str = "
         raise NoRunsError(f"no runs: no {RESULTS_FILE} found in {where}")
     if loaded.runs.empty:
         raise NoRunsError(f"no runs: all {loaded.found} {RESULTS_FILE} files in {where} are unreadable")
-    runs = loaded.runs
+    from regbench.reporting import tuning  # protocol=tuned: its tuning runs have their own report
+
+    runs = tuning.without_tuning_runs(loaded.runs)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if runs.empty:  # a tuned sweep still tuning: only its tuning report so far
+        files = tuning.write_tuning_report(loaded.runs, out_dir, baseline, plots)
+        return Report(out_dir=out_dir, per_arm=pd.DataFrame(), pairwise=pd.DataFrame(), ranking=None,
+                      n_runs=len(loaded.runs), skipped=loaded.skipped, files=files,
+                      markdown=f"no final or fixed runs yet: {len(loaded.runs)} tuning runs, see tuning.md\n")
     margin = stats.EQUIVALENCE_MARGIN if equivalence_margin is None else float(equivalence_margin)
     legends = _legends(metric, margin)
 
@@ -159,6 +168,7 @@ def write_report(paths, out_dir=None, *, baseline: str = "none", metric: str = "
 
         files += write_plots(runs, per_arm, out_dir, metric, baseline)
         files += write_profile(per_arm if ranking is not None else per_arm.iloc[:0], out_dir, metric)
+    files += tuning.write_tuning_report(loaded.runs, out_dir, baseline, plots)
     return Report(out_dir=out_dir, per_arm=per_arm, pairwise=pairwise, ranking=ranking,
                   n_runs=len(runs), skipped=loaded.skipped, files=files, markdown=md, warnings=warnings)
 
@@ -179,6 +189,9 @@ def find_sweep_dirs(roots) -> list[Path]:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             d = Path(dirpath)
+            if "study.db" in filenames:  # a tuned arm's study: its runs belong to the sweep folder's report
+                dirnames.clear()
+                continue
             if "multirun.yaml" in filenames or any((d / c / RESULTS_FILE).is_file() for c in dirnames):
                 found.add(d)
     return sorted(found)

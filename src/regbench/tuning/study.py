@@ -1,0 +1,227 @@
+"""One arm of the tuned protocol: an Optuna study on validation, then the chosen config on fresh seeds.
+
+    run_study(cfg, study_dir) -> Outcome
+
+The study lives in `<study_dir>/study.db` (SQLite, Optuna's RDB storage; study name = the folder's
+name), so it is a real, resumable database of trials. Each trial:
+
+  1. asks the sampler for one value per tuned key (the protocol's shared keys and the arm's own);
+  2. trains the config with those values on the k tuning seeds, stacked in one model when the engine
+     can (training/replicas.py), else one separate run per seed; each seed writes an ordinary record
+     into `<study_dir>/tune/<run id>/` whose config says `protocol.role: tune` and the trial number;
+  3. scores the trial with the mean of `protocol.metric` (a validation metric: the test split is never
+     read for a choice) over the k seeds. A trial in which a seed collapsed, diverged or failed gets no score
+     (Optuna state FAIL) and still counts against the budget N.
+
+When N trials have ended, the best-scoring trial's config (ties: the earlier trial) is trained on the
+M final seeds into `<study_dir>/final/`, with `protocol.role: final`.
+
+Resuming: the study folder is claimed with a lock (a second process skips the arm); a trial left
+RUNNING by a killed process is marked FAIL with user attribute `interrupted` (not counted against N)
+and its values are queued again, so the next trial reruns it; every run whose record already says ok
+is read, not retrained (records are found by run id), so a resumed study repeats no finished trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import traceback
+import warnings
+from dataclasses import replace
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from regbench.config import ConfigError, validate
+from regbench.naming import result_config, run_id, short_hash
+from regbench.health import mark_health
+from regbench.records import read_record, RESULTS_FILE, write_record
+from regbench.rundir import RunLock, clean_partial
+from regbench.tuning import space as S
+
+log = logging.getLogger("regbench")
+DB_FILE = "study.db"
+
+
+def direction(metric: str) -> str:
+    return "minimize" if metric.endswith("loss") else "maximize"
+
+
+def _ok_record(run_dir: Path) -> dict | None:
+    """The run's record when it is finished for good (ok, or collapsed: the same seed collapses again)."""
+    from regbench.app import DONE
+
+    try:
+        r = read_record(run_dir / RESULTS_FILE)
+    except ValueError:
+        return None
+    return r if r["status"] in DONE else None
+
+
+def train_seeds(cfg: DictConfig, seeds: list[int], out_dir: Path, group_hash: str | None, stack: bool,
+                label: str) -> list[dict]:
+    """Train `cfg` on `seeds` (stacked when possible); write one record per seed into
+    `out_dir/<run id>/`; return the records in seed order. Records already ok are read, not retrained."""
+    from regbench import app
+    from regbench.training import replicas as R
+
+    cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
+    dirs = [out_dir / run_id(c) for c in cfgs]
+    records: list[dict | None] = [_ok_record(d) for d in dirs]
+    todo = [i for i, r in enumerate(records) if r is None]
+    if not todo:
+        return records  # type: ignore[return-value]
+    rc = validate(cfg)
+    data_keys = [k for k in cfg.data if k != "name"]
+    model_keys = [k for k in cfg.model if k != "name"]
+    results: dict[int, dict] = {}
+    if stack and len(seeds) > 1:
+        try:
+            out = R.train_from_config(rc, seeds, data_keys, model_keys, label=label)
+            results = {i: out[i] for i in todo}
+        except R.NotVectorizable as e:
+            log.info("%s: training the seeds separately: %s", label, e)
+    for i in todo:
+        d = dirs[i]
+        d.mkdir(parents=True, exist_ok=True)
+        rc_i = replace(rc, seed=seeds[i])
+        record = app._base_record(cfgs[i], rc_i, d)
+        if i not in results:
+            clean_partial(d)
+            try:
+                results[i] = app.train(rc_i, d, data_keys=data_keys, model_keys=model_keys,
+                                       hparams=app._hparams(cfgs[i]))
+            except app._rejected():
+                raise
+            except Exception as e:  # a failed run is recorded, never lost
+                (d / "traceback.txt").write_text(traceback.format_exc())
+                results[i] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+                log.error("%s seed %d failed: %s", label, seeds[i], results[i]["error"])
+        record.update(results[i])
+        if group_hash is not None:
+            record["group_hash"] = group_hash
+        record = mark_health(record)
+        write_record(d, record)
+        records[i] = record
+    return records  # type: ignore[return-value]
+
+
+def trial_group_hash(cfg: DictConfig) -> str:
+    """A trial's seeds pool with each other only: the hash of its whole config minus the seed."""
+    d = result_config(cfg)
+    d.pop("seed", None)
+    return short_hash(d)
+
+
+def _sampler(name: str, seed: int):
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)  # random; grid: its points are queued in order
+
+
+def _marked(cfg: DictConfig, values: dict, role: str, trial: int, study: str) -> DictConfig:
+    out = S.apply(cfg, values)
+    with open_dict(out):
+        out.protocol.role, out.protocol.trial, out.protocol.study = role, trial, study
+    return out
+
+
+def counted(trial) -> bool:
+    """A trial that used up budget: finished, or failed by itself (not interrupted by a kill)."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL
+                                                  and not trial.user_attrs.get("interrupted"))
+
+
+def run_study(cfg: DictConfig, study_dir: Path) -> tuple[str, float]:
+    """Tune one arm, then train its chosen config on the final seeds. Returns (status, best score)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    rc = validate(cfg)
+    params = S.parse_space(cfg)
+    p = rc.protocol
+    name = study_dir.name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(study_dir)
+    if not lock.acquire():
+        log.info("skipping %s: another process is tuning it (%s)", name, lock.owner())
+        return "busy", float("nan")
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = f"sqlite:///{(study_dir / DB_FILE).resolve()}"
+        study = optuna.load_study(study_name=name, storage=storage) if (study_dir / DB_FILE).exists() else None
+        n_before = len(study.trials) if study else 0
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction(p.metric),
+                                    sampler=_sampler(p.sampler, p.sampler_seed + n_before), load_if_exists=True)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # left by a killed process
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            study._storage.set_trial_state(t._trial_id, TrialState.FAIL)
+            if t.params:  # (a process killed between ask and suggest left none)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.enqueue_trial(t.params)
+            log.info("%s: trial %d was interrupted: its values are queued again", name, t.number)
+        if p.sampler == "grid" and n_before == 0:
+            points = [dict(zip(g := S.grid(params, p.trials), combo)) for combo in product(*g.values())]
+            random.Random(p.sampler_seed).shuffle(points)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                for values in points[:p.trials]:
+                    study.enqueue_trial(values)
+        tune_seeds = list(range(p.tune_seed_start, p.tune_seed_start + p.tune_seeds))
+        statuses = []
+        while sum(counted(t) for t in study.get_trials(deepcopy=False)) < p.trials:
+            trial = study.ask()
+            values = S.suggest(trial, params)
+            cfg_t = _marked(cfg, values, "tune", trial.number, name)
+            try:
+                validate(cfg_t)
+            except ConfigError as e:  # a sampled value the arm refuses (e.g. a cross-field rule)
+                log.warning("%s trial %d: %s", name, trial.number, e)
+                trial.set_user_attr("error", str(e))
+                study.tell(trial, state=TrialState.FAIL)
+                statuses.append("failed")
+                continue
+            recs = train_seeds(cfg_t, tune_seeds, study_dir / "tune", trial_group_hash(cfg_t), p.stack,
+                               label=f"{name} trial {trial.number}")
+            trial.set_user_attr("run_ids", [r["run_id"] for r in recs])
+            ok = [r for r in recs if r["status"] == "ok"]
+            statuses += [r["status"] for r in recs]
+            if len(ok) == len(recs):
+                score = sum(r["metrics"][p.metric] for r in ok) / len(ok)
+                study.tell(trial, score)
+                log.info("%s trial %d: %s -> %s %.4f", name, trial.number,
+                         ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()),
+                         p.metric, score)
+            else:
+                trial.set_user_attr("error", f"{len(recs) - len(ok)} of {len(recs)} seeds not ok")
+                study.tell(trial, state=TrialState.FAIL)
+                log.warning("%s trial %d: %d of %d seeds not ok: no score (counted against the budget)",
+                            name, trial.number, len(recs) - len(ok), len(recs))
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and counted(t)]
+        if not complete:
+            log.error("%s: no trial of %d finished with every seed ok: no final runs", name, p.trials)
+            return "failed", float("nan")
+        sign = -1 if direction(p.metric) == "minimize" else 1
+        best = max(complete, key=lambda t: (sign * t.value, -t.number))
+        cfg_f = _marked(cfg, best.params, "final", best.number, name)
+        final_seeds = list(range(p.final_seed_start, p.final_seed_start + p.final_seeds))
+        recs = train_seeds(cfg_f, final_seeds, study_dir / "final", S.final_group_hash(cfg, params), p.stack,
+                           label=f"{name} final")
+        statuses += [r["status"] for r in recs]
+        ok = [r["metrics"]["test/acc"] for r in recs if r["status"] == "ok"]
+        log.info("%s: chose trial %d (%s %.4f over %d seeds): %s; %d final seeds, mean test/acc %.4f", name,
+                 best.number, p.metric, best.value, p.tune_seeds, best.params, len(recs),
+                 sum(ok) / len(ok) if ok else float("nan"))
+        from regbench.app import _worst
+
+        return _worst(statuses or ["ok"]), float(best.value)
+    finally:
+        lock.release()
