@@ -127,6 +127,9 @@ def _no_space(error: BaseException, run_dir: Path) -> str | None:
 
 
 def _run_task(cfg: DictConfig) -> str | Outcome:
+    from regbench.watchdog import exit_with_parent
+
+    exit_with_parent()  # a joblib worker must not outlive the sweep's process (and keep its locks)
     run_dir = _run_dir()
     try:
         rc = validate(cfg)
