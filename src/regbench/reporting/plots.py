@@ -209,7 +209,7 @@ def intervals(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, metric: str
     contexts = _contexts(per_arm)
     colors = _colors(per_arm)
     fig, axes = _grid(len(contexts), h=_height(per_arm))
-    _title(fig, f"{metric}: mean and 95% bootstrap CI per arm (dots = ok seeds)")
+    _title(fig, f"{metric}: mean and 95% t-interval per arm (dots = ok seeds)")
     names = context_labels(runs, contexts)
     if not contexts:
         axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
