@@ -112,8 +112,10 @@ def test_a_2_arm_x_2_seed_sweep_gives_4_records_and_the_report(tmp_path):
     assert (sweep / "per_arm.md").exists() and "dropout" in (sweep / "per_arm.md").read_text()
 
 
-# a run long enough to be cancelled while it trains (~4 s of training), short enough to rerun
-LONG = ["trainer.max_epochs=150", "trainer.progress_every=0"]
+# a run long enough to be cancelled while it trains and still be training when SLURM's SIGKILL comes
+# KillWait (10 s) after the scancel (submitit's job bypasses the SIGTERM): ~25 s of training on an idle
+# core (at 150 epochs, ~4 s, a quiet machine finished the run before the SIGKILL)
+LONG = ["trainer.max_epochs=1000", "trainer.progress_every=0"]
 
 
 @pytest.fixture(scope="module")

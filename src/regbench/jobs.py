@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -25,9 +26,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from regbench.app import DONE
 from regbench.naming import group_hash, run_id
 from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
-from regbench.rundir import RunLock
+from regbench.rundir import LOCK_FILE, RunLock
 
 log = logging.getLogger("regbench")
+
+# SLURM ends a cancelled job with SIGTERM, which submitit's job process bypasses (on a cluster it is
+# also the signal of preemption), and sends SIGKILL only KillWait seconds later (30 s by default, 10 s
+# in scripts/slurm-local.sh): a job whose state already says CANCELLED can still be training, and
+# can even finish, meanwhile. The launcher waits this long for its run folders to be released.
+RELEASE_WAIT_S = 120.0
 
 
 def task_config(cfg: DictConfig) -> DictConfig:
@@ -74,6 +81,22 @@ def finished(cfg: DictConfig) -> bool:
         log.debug("cannot name the run folders of a job (%s): submitting it", e)
         return False
     return all(is_ok(d) for d in dirs)
+
+
+def wait_released(cfg: DictConfig, timeout: float = RELEASE_WAIT_S, poll: float = 0.5) -> bool:
+    """Wait until no live process holds a run folder of the job (its lock is free); False if one
+    still does after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    for d in run_dirs(cfg):
+        while (d / LOCK_FILE).exists():
+            lock = RunLock(d)
+            if lock.acquire():
+                lock.release()
+                break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+    return True
 
 
 def record_lost(cfg: DictConfig, reason: str) -> list[str]:

@@ -162,6 +162,8 @@ class RegbenchSlurmLauncher(SlurmLauncher):
                     returns[i] = outcome
                     continue
                 name = jobs.job_dir(configs[i]).name
+                if not jobs.wait_released(configs[i]):  # a cancelled job trains on until SLURM's SIGKILL
+                    log.warning("%s: its runs are still held %.0f s after the job ended", name, jobs.RELEASE_WAIT_S)
                 if all(jobs.is_ok(d) for d in jobs.run_dirs(configs[i])):  # died after writing its records
                     log.warning("%s: %s, but its records say ok: counted ok", name, outcome)
                     returns[i] = self._report(configs[i], "ok")
