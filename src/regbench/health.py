@@ -24,23 +24,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from regbench.records import lookup
+
 CHANCE_MARGIN = 0.05     # train accuracy within 5 pp of chance: the net has learnt (next to) nothing
 DEAD_FRACTION = 0.85     # >= 85 % of hidden units never active on the test set
 DEFAULT_CLASSES = 10     # every built-in dataset (mnist1d, mnist5k, digits, mnist, fashion_mnist, cifar10)
 COLLAPSED = "collapsed"
 
 
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def dead_fraction(record: dict[str, Any]) -> float | None:
     """Fraction of hidden units never active on the test set; None without mechanism measurements."""
-    layers = _get(record, "extra", "mechanism", "layers")
+    layers = lookup(record, "extra", "mechanism", "layers")
     if not isinstance(layers, list):
         return None
     units = sum(int(l.get("units") or 0) for l in layers if isinstance(l, dict))
@@ -49,7 +43,7 @@ def dead_fraction(record: dict[str, Any]) -> float | None:
 
 
 def chance_accuracy(record: dict[str, Any]) -> float:
-    k = _get(record, "extra", "mechanism", "num_classes")
+    k = lookup(record, "extra", "mechanism", "num_classes")
     return 1.0 / (k if isinstance(k, int) and k > 0 else DEFAULT_CLASSES)
 
 
@@ -57,7 +51,7 @@ def collapse_reason(record: dict[str, Any]) -> str | None:
     """Why an ok record counts as collapsed (a short sentence), or None when it trained."""
     if record.get("status") != "ok":
         return None
-    train_acc = _get(record, "metrics", "train/acc")
+    train_acc = lookup(record, "metrics", "train/acc")
     chance = chance_accuracy(record)
     if isinstance(train_acc, (int, float)) and not math.isnan(train_acc) and train_acc <= chance + CHANCE_MARGIN:
         return f"train/acc {train_acc:.3f} within {CHANCE_MARGIN:g} of chance ({chance:.3f})"

@@ -67,6 +67,15 @@ def empty_record() -> dict[str, Any]:
     }
 
 
+def lookup(record: Any, *keys: str) -> Any:
+    """``record[k1][k2]...``, or None where a level is missing or not a dict (old or partial records)."""
+    for k in keys:
+        if not isinstance(record, dict):
+            return None
+        record = record.get(k)
+    return record
+
+
 def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Write `record` to `run_dir/results.json` atomically and return the path."""
     if record.get("status") not in STATUSES:

@@ -38,7 +38,7 @@ from scipy import stats as sps
 
 from regbench import health
 from regbench.atomic import write_atomic
-from regbench.records import read_record
+from regbench.records import lookup, read_record
 from regbench.reporting import stats
 from regbench.reporting.collect import load_runs
 from regbench.reporting.report import NoRunsError, Report, write_report
@@ -160,14 +160,6 @@ def md_table(header: list[str], rows: list[list[str]], right: set[int] | None = 
 # records -> runs with the study's columns
 # --------------------------------------------------------------------------------------
 
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def _float(v: Any) -> float:
     if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
         return math.nan
@@ -177,19 +169,19 @@ def _float(v: Any) -> float:
 # per-run columns read from the record itself (NaN when absent): its `extra` and `steps`
 RECORD_COLUMNS: dict[str, Callable[[dict], Any]] = {
     "steps": lambda r: r.get("steps"),
-    "mech_corr": lambda r: _get(r, "extra", "mechanism", "summary", "mean_abs_corr"),
-    "mech_sparsity": lambda r: _get(r, "extra", "mechanism", "summary", "sparsity"),
-    "mech_unit_norm": lambda r: _get(r, "extra", "mechanism", "summary", "unit_norm_mean"),
-    "mech_dead_units": lambda r: _get(r, "extra", "mechanism", "summary", "dead_units"),
-    "ece": lambda r: _get(r, "extra", "mechanism", "ece"),
-    "entropy": lambda r: _get(r, "extra", "mechanism", "entropy"),
-    "mc_entropy": lambda r: _get(r, "extra", "mc_entropy_test"),
+    "mech_corr": lambda r: lookup(r, "extra", "mechanism", "summary", "mean_abs_corr"),
+    "mech_sparsity": lambda r: lookup(r, "extra", "mechanism", "summary", "sparsity"),
+    "mech_unit_norm": lambda r: lookup(r, "extra", "mechanism", "summary", "unit_norm_mean"),
+    "mech_dead_units": lambda r: lookup(r, "extra", "mechanism", "summary", "dead_units"),
+    "ece": lambda r: lookup(r, "extra", "mechanism", "ece"),
+    "entropy": lambda r: lookup(r, "extra", "mechanism", "entropy"),
+    "mc_entropy": lambda r: lookup(r, "extra", "mc_entropy_test"),
 }
 
 
 def effective_train_size(data: str, config: Any) -> int | None:
     """`data.train_size` of the run's config, or the whole split's size when it is null."""
-    ts = _get(config, "data", "train_size")
+    ts = lookup(config, "data", "train_size")
     if ts is None or isinstance(ts, bool):
         return FULL_TRAIN_SIZE.get(data)
     return int(ts)
@@ -264,7 +256,7 @@ class Context:
     def config_value(self, *keys: str) -> Any:
         if not self.ran or self.runs.empty:
             return None
-        return _get(self.runs["config"].iloc[0], *keys)
+        return lookup(self.runs["config"].iloc[0], *keys)
 
 
 def resolve(runs: pd.DataFrame, setting: Setting) -> Context:

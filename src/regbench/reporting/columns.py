@@ -10,23 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from regbench.health import collapse_reason, health_status
-
-
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
+from regbench.records import lookup
 
 
 def run_columns(record: dict[str, Any]) -> dict[str, Any]:
-    n_test = _get(record, "extra", "mechanism", "n_test")
-    preds = _get(record, "extra", "mechanism", "test_predictions")
+    n_test = lookup(record, "extra", "mechanism", "n_test")
+    preds = lookup(record, "extra", "mechanism", "test_predictions")
     return {
         "status": health_status(record),
-        "collapse_reason": collapse_reason(record) or _get(record, "extra", "collapse_reason"),
+        "collapse_reason": collapse_reason(record) or lookup(record, "extra", "collapse_reason"),
         "n_test": float(n_test) if isinstance(n_test, int) and not isinstance(n_test, bool) else float("nan"),
         "test_predictions": preds if isinstance(preds, dict) else None,
-        "split_per_seed": bool(_get(record, "config", "data", "split_per_seed")),
+        "split_per_seed": bool(lookup(record, "config", "data", "split_per_seed")),
     }
