@@ -76,9 +76,7 @@ class SweepStatus(Callback):
         start = os.environ.pop(START_ENV, None)
         counts = Counter(sweep_counts(Path(config.hydra.sweep.dir), token))
         total = sum(counts.values())
-        parts = [f"{counts[s]} {label}" for s, label in (("ok", "ok"), ("collapsed", "collapsed"), ("diverged", "diverged"),
-                 ("skipped", "skipped (already ok)"), ("busy", "skipped (running elsewhere)"),
-                 ("rejected", "rejected (invalid config)"), ("failed", "failed")) if counts[s]]
+        parts = [f"{counts[s]} {label}" for s, label in LABELS if counts[s]]
         took = f" (took {_clock(time.time() - float(start))})" if start else ""
         log.info("sweep finished: %d runs: %s%s", total, ", ".join(parts) or "none", took)
         if counts["failed"] or counts["rejected"]:
@@ -90,8 +88,9 @@ class SweepStatus(Callback):
             sys.exit(1)
 
 
-LABELS = (("ok", "ok"), ("diverged", "diverged"), ("skipped", "skipped"), ("busy", "busy elsewhere"),
-          ("rejected", "rejected"), ("failed", "failed"))
+# every status a job reports, in the order the summary and progress lines count them
+LABELS = (("ok", "ok"), ("collapsed", "collapsed"), ("diverged", "diverged"), ("skipped", "skipped (already ok)"),
+          ("busy", "skipped (running elsewhere)"), ("rejected", "rejected (invalid config)"), ("failed", "failed"))
 
 
 def _clock(seconds: float) -> str:
