@@ -233,59 +233,167 @@ def _base_record(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> dict[str, Any
 
 
 def run_replicas(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
-    """`replicas=S`: seeds seed..seed+S-1 trained as one stacked model, one ordinary record per seed,
+    """`replicas=S`: seeds seed..seed+S-1 trained as one population, one ordinary record per seed,
     each in the folder named from its own config (seed s, replicas S). The group is always the full
-    seed list (its dropout masks depend on it); records already ok are kept, never rewritten.
-    Arms the stacked engine cannot do fall back to separate runs of each seed, with a log line."""
-    from regbench.training import replicas as R
-
+    seed list (its dropout masks depend on it); records already ok are kept, never rewritten."""
     seeds = [rc.seed + k for k in range(rc.replicas)]
     cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
     dirs = [run_dir.parent / run_id(c) for c in cfgs]
-    todo = [i for i, d in enumerate(dirs) if rc.force or not _is_done(d)]
+    return run_group(cfgs, dirs, label=run_dir.name, keep_whole=True)
+
+
+def population_refusal(rc: RunConfig) -> str | None:
+    """Why the population engine does not train this config (a trainer setting it does not
+    implement), or None. Such runs train separately, with a log line."""
+    if rc.trainer.precision != "32-true":
+        return f"trainer.precision={rc.trainer.precision} (populations train in float32)"
+    if rc.trainer.checkpoint_every:
+        return "trainer.checkpoint_every > 0 (populations write no resumable checkpoints)"
+    if rc.trainer.devices not in (1, "1", None, "auto"):
+        return f"trainer.devices={rc.trainer.devices} (a population runs on one device)"
+    if getattr(rc.data, "split_per_seed", None):
+        return "data.split_per_seed gives each seed its own validation split (a population shares one)"
+    return None
+
+
+def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: bool = False) -> str:
+    """Train `cfgs` (task configs that differ only in engine.stackable.STACKABLE_KEYS), writing each
+    one's ordinary record into its folder `dirs[i]`: as one population when the engine can, else
+    separately (with a log line naming why). Records already ok are skipped (force=true reruns
+    them); with `keep_whole` (replicas=S: its masks depend on the whole group) the population is
+    always the whole group, and only the records not yet ok are written. Returns the worst status."""
+    rcs = []
+    for c, d in zip(cfgs, dirs):
+        try:
+            rcs.append(validate(c))
+        except ConfigError as e:
+            return _reject(e, d)
+    todo = [i for i, d in enumerate(dirs) if rcs[i].force or not _is_done(d)]
     if not todo:
-        log.info("skipping %s..%s: all %d records say ok (force=true reruns them)", dirs[0].name, dirs[-1].name, len(seeds))
+        log.info("skipping %s..%s: all %d records say ok (force=true reruns them)", dirs[0].name, dirs[-1].name,
+                 len(dirs))
         return "skipped"
-    locks = [RunLock(d) for d in dirs]
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
+    members = list(range(len(cfgs))) if keep_whole else todo
+    from regbench.engine.memory import PopulationMemoryError
+
+    locks = [RunLock(dirs[i]) for i in members]
+    for i in members:
+        dirs[i].mkdir(parents=True, exist_ok=True)
+    handlers = []
     try:
         if not all(lock.acquire() for lock in locks):
-            log.info("skipping the replica group of %s: another process holds one of its runs", run_dir.name)
+            log.info("skipping the population of %s: another process holds one of its runs", label)
             return "busy"
-        data_keys = [k for k in cfg.data if k != "name"]
-        model_keys = [k for k in cfg.model if k != "name"]
+        why = next((w for w in (population_refusal(rcs[i]) for i in members) if w), None)
+        if why is None and len(members) == 1 and not keep_whole:
+            why = "one run"
+        if why is not None:
+            if why != "one run":
+                log.info("%s: training separately: %s", label, why)
+            return _worst([_run_locked(cfgs[i], rcs[i], dirs[i]) for i in todo])
+        for i in members:
+            handler = logging.FileHandler(dirs[i] / "run.log")
+            handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+            logging.getLogger().addHandler(handler)
+            handlers.append(handler)
         try:
-            results = R.train_from_config(rc, seeds, data_keys, model_keys, label=run_dir.name)
-        except R.NotVectorizable as e:
-            log.info("replicas: falling back to separate runs: %s", e)
-            return _worst([_run_locked(cfgs[i], replace(rc, seed=seeds[i]), dirs[i]) for i in todo])
-        except (*_rejected(), R.ReplicaMemoryError) as e:
-            return _reject(e, run_dir)
-        except Exception as e:  # the group failed: every seed it was to write gets a failed record
+            results = train_population([cfgs[i] for i in members], [rcs[i] for i in members],
+                                       [dirs[i] for i in members], label=label)
+        except (*_rejected(), PopulationMemoryError) as e:
+            return _reject(e, dirs[0])
+        except Exception as e:  # the population failed: every run it was to write gets a failed record
             for i in todo:
                 (dirs[i] / "traceback.txt").write_text(traceback.format_exc())
-                record = _base_record(cfgs[i], replace(rc, seed=seeds[i]), dirs[i])
+                record = _base_record(cfgs[i], rcs[i], dirs[i])
                 record.update(status="failed", error=f"{type(e).__name__}: {e}")
                 write_record(dirs[i], record)
-            log.error("replica group %s failed: %s: %s", run_dir.name, type(e).__name__, e)
+            log.error("population %s failed: %s: %s", label, type(e).__name__, e)
             if not _is_multirun():
                 raise
             return "failed"
+        by_member = dict(zip(members, results))
         for i in todo:
-            record = _base_record(cfgs[i], replace(rc, seed=seeds[i]), dirs[i])
-            record.update(results[i])
+            record = _base_record(cfgs[i], rcs[i], dirs[i])
+            record.update(by_member[i])
             write_record(dirs[i], mark_health(record))
-        log.info("%d stacked replicas: test/acc %s", len(seeds),
-                 " ".join(f"{results[i]['metrics']['test/acc']:.3f}" for i in todo))
-        return _worst([results[i]["status"] for i in todo])
+        log.info("%s: %d replicas in one population: test/acc %s", label, len(members),
+                 " ".join(f"{by_member[i]['metrics']['test/acc']:.3f}" for i in todo))
+        return _worst([by_member[i]["status"] for i in todo])
     except SystemExit as e:
         _exit_on_sigterm(e)
         raise
     finally:
-        for lock, d in zip(locks, dirs):
+        for h in handlers:
+            logging.getLogger().removeHandler(h)
+            h.close()
+        for lock, i in zip(locks, members):
             lock.release()
-            _remove_if_empty(d)
+            _remove_if_empty(dirs[i])
+
+
+def train_population(cfgs: list[DictConfig], rcs: list[RunConfig], dirs: list[Path], label: str
+                     ) -> list[dict[str, Any]]:
+    """Build every member exactly as `train` builds a separate run (its seed, data, network,
+    regularization, logger), train them as one population (engine/fit.py; members whose layers
+    differ are trained as separate populations), and finish each as `train` does: mechanism
+    measurements, best.ckpt, final hparams. Returns `train`'s record fields per member, in order."""
+    import pytorch_lightning as pl
+    import torch
+
+    from regbench.analysis.mechanism import measure, predict_probs
+    from regbench.engine import memory
+    from regbench.engine.fit import Replica, fit
+    from regbench.engine.population import structure
+    from regbench.training.loggers import build_logger, log_final
+
+    rc0 = rcs[0]
+    if rc0.trainer.threads:
+        torch.set_num_threads(rc0.trainer.threads)
+    device = pick_device(rc0.trainer.accelerator)
+    data_keys = [k for k in cfgs[0].data if k != "name"]
+    model_keys = [k for k in cfgs[0].model if k != "name"]
+    data = load_checked_data(rc0, data_keys).to(device)
+    nets, members = [], []
+    for cfg, rc, d in zip(cfgs, rcs, dirs):
+        reg = regularization_of(rc)
+        pl.seed_everything(rc.seed, workers=False, verbose=False)
+        nets.append(network_of(rc, data, reg, model_keys).to(device))
+        logger = build_logger(rc.logger.name, d, experiment=rc.name, tracking_uri=rc.logger.tracking_uri)
+        members.append(Replica(seed=rc.seed, reg=reg, lr=rc.optim.lr, momentum=rc.optim.momentum, label=d.name,
+                               logger=logger))
+    kinds: dict[tuple, list[int]] = {}
+    for i, net in enumerate(nets):
+        kinds.setdefault(structure(net), []).append(i)
+    if len(kinds) > 1:
+        log.info("%s: %d populations (members whose layers differ, e.g. input dropout on or off, train apart)",
+                 label, len(kinds))
+    out: dict[int, dict[str, Any]] = {}
+    chunk = rc0.trainer.eval_batch_size
+    for rows in kinds.values():
+        memory.check(len(rows), nets[rows[0]], data, batch_size=rc0.optim.batch_size, optim_name=rc0.optim.name,
+                     eval_chunk=chunk)
+        every = rc0.trainer.progress_every
+
+        def progress(epoch: int, max_epochs: int, active: int, val_acc: float, rows=rows) -> None:
+            if every and (epoch % every == 0 or epoch == max_epochs):
+                log.info("%s epoch %d/%d: %d of %d replicas training, mean val/acc %.3f", label, epoch, max_epochs,
+                         active, len(rows), val_acc)
+
+        records, scored, end = fit([nets[i] for i in rows], [members[i] for i in rows], data,
+                                   optim_name=rc0.optim.name, batch_size=rc0.optim.batch_size,
+                                   max_epochs=rc0.trainer.max_epochs, eval_batch_size=chunk, progress=progress,
+                                   label=label)
+        for j, i in enumerate(rows):
+            net, record, reg = scored.module(end, j), records[j], members[i].reg
+            mc = predict_probs(net, data.x_test, chunk, mc_samples=reg.mc_samples) if reg.mc_samples else None
+            record["extra"]["mechanism"] = measure(net, data.x_test, data.y_test, chunk=chunk, probs=mc)
+            save_weights(dirs[i], net, run_id=dirs[i].name, restored_best=record["restored_best"],
+                         best_epoch=record["best_epoch"], epochs_trained=record["epochs_trained"],
+                         metrics=record["metrics"])
+            log_final(members[i].logger, _hparams(cfgs[i]), record["metrics"],
+                      step=max(record["epochs_trained"] - 1, 0))
+            out[i] = record
+    return [out[i] for i in range(len(cfgs))]
 
 
 def checkpoint_owner(cfg: DictConfig, run_dir: Path) -> dict[str, str]:

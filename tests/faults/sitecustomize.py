@@ -10,7 +10,6 @@ import os
 _seeds = os.environ.get("REGBENCH_TEST_RAISE_SEEDS")
 if _seeds:
     import regbench.app as _app
-    import regbench.training.replicas as _replicas
 
     _raise = {int(s) for s in _seeds.split(",")}
 
@@ -23,9 +22,9 @@ if _seeds:
         _fail_if_chosen([rc.seed])
         return _real(rc, *args, **kwargs)
 
-    def _train_replicas(rc, seeds, *args, _real=_replicas.train_from_config, **kwargs):
-        _fail_if_chosen(seeds)
-        return _real(rc, seeds, *args, **kwargs)
+    def _train_population(cfgs, rcs, *args, _real=_app.train_population, **kwargs):
+        _fail_if_chosen([rc.seed for rc in rcs])
+        return _real(cfgs, rcs, *args, **kwargs)
 
     _app.train = _train
-    _replicas.train_from_config = _train_replicas
+    _app.train_population = _train_population

@@ -7,7 +7,7 @@ name), so it is a real, resumable database of trials. Each trial:
 
   1. asks the sampler for one value per tuned key (the protocol's shared keys and the arm's own);
   2. trains the config with those values on the k tuning seeds, stacked in one model when the engine
-     can (training/replicas.py), else one separate run per seed; each seed writes an ordinary record
+     can (one population, engine/fit.py), else one separate run per seed; each seed writes an ordinary record
      into `<study_dir>/tune/<run id>/` whose config says `protocol.role: tune` and the trial number;
   3. scores the trial with the mean of `protocol.metric` (a validation metric: the test split is never
      read for a choice) over the k seeds. A trial in which a seed collapsed, diverged or failed gets no score
@@ -66,7 +66,6 @@ def train_seeds(cfg: DictConfig, seeds: list[int], out_dir: Path, group_hash: st
     """Train `cfg` on `seeds` (stacked when possible); write one record per seed into
     `out_dir/<run id>/`; return the records in seed order. Records already ok are read, not retrained."""
     from regbench import app
-    from regbench.training import replicas as R
 
     cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
     dirs = [out_dir / run_id(c) for c in cfgs]
@@ -78,12 +77,16 @@ def train_seeds(cfg: DictConfig, seeds: list[int], out_dir: Path, group_hash: st
     data_keys = [k for k in cfg.data if k != "name"]
     model_keys = [k for k in cfg.model if k != "name"]
     results: dict[int, dict] = {}
-    if stack and len(seeds) > 1:
-        try:
-            out = R.train_from_config(rc, seeds, data_keys, model_keys, label=label)
-            results = {i: out[i] for i in todo}
-        except R.NotVectorizable as e:
-            log.info("%s: training the seeds separately: %s", label, e)
+    why = app.population_refusal(rc) if stack and len(todo) > 1 else "not stacked"
+    if why is None:
+        for i in todo:
+            dirs[i].mkdir(parents=True, exist_ok=True)
+            clean_partial(dirs[i])
+        out = app.train_population([cfgs[i] for i in todo], [replace(rc, seed=seeds[i]) for i in todo],
+                                   [dirs[i] for i in todo], label=label)
+        results = dict(zip(todo, out))
+    elif why != "not stacked":
+        log.info("%s: training the seeds separately: %s", label, why)
     for i in todo:
         d = dirs[i]
         d.mkdir(parents=True, exist_ok=True)

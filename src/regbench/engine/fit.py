@@ -1,0 +1,348 @@
+"""The training loop of a population: S >= 1 replicas, each with its own hyperparameters and its
+own trackers (best epoch and weights, stopping criterion, divergence, history), one evaluation and
+one record builder.
+
+Per replica, as in a separate run of its config: its batch order (``epoch_order(n, seed, epoch)``),
+its initial weights (its net), its dropout rates (buffers of its layers), learning rate, momentum,
+weight decay, max-norm bound, dropout schedule, early-stopping criterion and whether it restores
+its best weights. Shared by the population (they shape the computation): the model, the data, the
+optimizer kind, the batch size, the epoch cap, the objective and MC-dropout testing.
+
+A replica that stops early or diverges leaves the stack at the end of that epoch (its weights and
+optimizer rows are dropped), so the others train on faster; the loop ends when none is left or at
+``max_epochs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from regbench.data.splits import DataSplits
+from regbench.engine.population import NotStackable, Population
+from regbench.regularizers import Regularization
+from regbench.training.loop import epoch_order
+
+log = logging.getLogger("regbench")
+
+HISTORY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
+# evaluation chunks are capped so that one [S, width, chunk] activation stays below this many floats
+_EVAL_ELEMENTS = 1 << 25
+
+
+@dataclass
+class Replica:
+    """One member of a population: what a separate run of its config would be given."""
+    seed: int
+    reg: Regularization
+    lr: float
+    momentum: float = 0.0
+    label: str = ""
+    logger: Any = None          # a Lightning logger for its curves (log_metrics(dict, step)), or None
+
+
+@dataclass
+class _Tracker:
+    """Per-replica state, as the separate run's callbacks keep it (BestWeights, CriterionStopping,
+    DivergenceGuard, History)."""
+    monitor: str
+    mode: str
+    restore: bool
+    criterion: Any = None          # a fresh copy of the arm's stopping criterion, or None
+    stop_monitor: str = "val/loss"
+    stop_mode: str = "min"
+    best_value: float = math.nan
+    best_epoch: int | None = None
+    stopped_epoch: int | None = None
+    stop_reason: str | None = None
+    diverged_epoch: int | None = None
+    steps: int = 0
+    history: dict = field(default_factory=lambda: {"epoch": [], **{k: [] for k in HISTORY_KEYS}})
+
+    def better(self, v: float) -> bool:
+        if not _finite(v):
+            return False
+        if self.best_epoch is None:
+            return True
+        return v < self.best_value if self.mode == "min" else v > self.best_value
+
+
+def _finite(v: float) -> bool:
+    return v == v and abs(v) != math.inf
+
+
+def _tracker(reg: Regularization) -> _Tracker:
+    from regbench.regularizers.early_stopping import CriterionStopping
+
+    t = _Tracker(monitor=reg.monitor, mode=reg.mode, restore=reg.restore_best)
+    stoppers = [c for c in reg.callbacks if isinstance(c, CriterionStopping)]
+    if len(stoppers) > 1:
+        raise NotStackable("more than one early-stopping criterion")
+    if stoppers:
+        t.criterion = copy.deepcopy(stoppers[0].criterion)
+        t.criterion.reset()
+        t.stop_monitor, t.stop_mode = stoppers[0].monitor, stoppers[0].mode
+    return t
+
+
+def _shared(replicas: Sequence[Replica]) -> None:
+    """Refuse a population whose members differ where one stacked computation cannot."""
+    first = replicas[0].reg
+    for r in replicas[1:]:
+        if _objective_key(r.reg.objective) != _objective_key(first.objective):
+            raise NotStackable("replicas with different training objectives (R-Drop alpha) cannot share a population")
+        if r.reg.mc_samples != first.mc_samples:
+            raise NotStackable("replicas with different mc_samples cannot share a population")
+
+
+def _objective_key(objective: Callable) -> tuple:
+    return (getattr(objective, "func", objective), getattr(objective, "args", ()),
+            tuple(sorted(getattr(objective, "keywords", {}).items())))
+
+
+def _callback(reg: Regularization, kind: str):
+    return next((c for c in reg.callbacks if type(c).__name__ == kind), None)
+
+
+def _vector(values: Sequence[float], device) -> torch.Tensor:
+    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
+
+
+def make_optimizer(pop: Population, name: str, lr: torch.Tensor, weight_decay: torch.Tensor,
+                   momentum: torch.Tensor):
+    """The population's optimizer: per-replica lr / weight decay / momentum (engine/optim.py)."""
+    from regbench.engine.optim import StackedOptimizer
+
+    if name not in ("adam", "sgd"):
+        raise NotStackable(f"optimizer {name!r} is not stacked (adam, sgd)")
+    return StackedOptimizer(pop.params, name, lr=lr, weight_decay=weight_decay, decay=pop.decayed(),
+                            momentum=momentum if name == "sgd" else None)
+
+
+# ------------------------------------------------------------------------------ one epoch, evaluation
+def train_epoch(pop: Population, opt, objective, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor,
+                batch_size: int, maxnorm: torch.Tensor | None, clip: float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass over each replica's ``orders[i]`` in mini-batches: (mean loss [S], accuracy [S], steps),
+    running values in training mode, as ``training.loop.train_epoch`` for each replica."""
+    S = orders.shape[0]
+    pop.train(True)
+    losses, preds, sizes = [], [], []
+    for idx in orders.split(batch_size, dim=1):
+        flat = idx.reshape(-1)
+        xb = x.index_select(0, flat).view(S, idx.shape[1], *x.shape[1:])
+        yb = y.index_select(0, flat).view(S, idx.shape[1])
+        loss, logits = pop.losses(objective, xb, yb)          # [S], [S, B, C]
+        opt.zero_grad()
+        loss.sum().backward()   # d/d theta_i of the sum = d loss_i / d theta_i
+        if clip:
+            opt.clip_grad_norm_(clip)
+        opt.step()
+        if maxnorm is not None:
+            pop.max_norm_(maxnorm)
+        losses.append(loss.detach())
+        preds.append(logits.detach().argmax(-1))
+        sizes.append(idx.shape[1])
+    w = torch.tensor(sizes, device=x.device, dtype=torch.float32)
+    mean_loss = (torch.stack(losses, 1) * w).sum(1) / w.sum()
+    acc = (torch.cat(preds, 1) == y[orders]).float().mean(1)
+    return mean_loss, acc, len(sizes)
+
+
+@torch.no_grad()
+def evaluate(pop: Population, x: torch.Tensor, y: torch.Tensor, chunk: int, mc_samples: int = 0
+             ) -> dict[str, torch.Tensor]:
+    """``training.loop.evaluate`` for every replica on one shared (x, y): loss [S], acc [S] (and the
+    mean predictive entropy with MC dropout), in eval mode."""
+    S = pop.size
+    pop.train(False)
+    if mc_samples:
+        from regbench.regularizers.layers import set_mc_dropout
+
+        if set_mc_dropout(pop.base, True) == 0:
+            raise ValueError("mc_samples > 0 but the network has no regbench dropout layer to keep on at test time")
+    loss = torch.zeros(S, dtype=torch.float64, device=x.device)
+    correct = torch.zeros_like(loss)
+    entropy = torch.zeros_like(loss)
+    try:
+        for xb, yb in zip(x.split(chunk), y.split(chunk)):
+            ys = yb.unsqueeze(0).expand(S, -1)
+            if mc_samples:
+                probs = torch.stack([F.softmax(pop.forward(xb, shared=True), -1) for _ in range(mc_samples)]).mean(0)
+                logp = probs.clamp_min(1e-12).log()
+                entropy += (-(probs * logp).sum(-1)).sum(1).double()
+            else:
+                logp = F.log_softmax(pop.forward(xb, shared=True), -1)
+            loss += F.nll_loss(logp.transpose(1, 2), ys, reduction="none").sum(1).double()
+            correct += (logp.argmax(-1) == ys).sum(1).double()
+    finally:
+        if mc_samples:
+            set_mc_dropout(pop.base, False)
+        pop.train(True)
+    out = {"loss": loss / len(y), "acc": correct / len(y)}
+    if mc_samples:
+        out["entropy"] = entropy / len(y)
+    return out
+
+
+# ------------------------------------------------------------------------------ the loop
+def fit(nets: list[torch.nn.Module], replicas: Sequence[Replica], data: DataSplits, *, optim_name: str,
+        batch_size: int, max_epochs: int, eval_batch_size: int, clip: float | None = None,
+        progress: Callable[[int, int, int, float], None] | None = None, label: str = "population"
+        ) -> tuple[list[dict[str, Any]], Population, dict[str, torch.Tensor]]:
+    """Train ``nets`` (replica i's freshly built network) as one population; returns one record
+    dict per replica (the measured fields of ``app.train``'s record), the population, and the state
+    each replica is scored with (its restored best or final weights; ``pop.module(state, i)``).
+
+    ``progress(epoch, max_epochs, active, mean_val_acc)`` is called after every epoch.
+    """
+    from regbench.regularizers.schedules import schedule_factor
+
+    t0 = time.perf_counter()
+    S = len(replicas)
+    _shared(replicas)
+    device = data.x_train.device
+    pop = Population(nets).to(device)
+    regs = [r.reg for r in replicas]
+    objective, mc_samples = regs[0].objective, regs[0].mc_samples
+    trackers = [_tracker(reg) for reg in regs]
+    # the noise of the population: one stream, reproducible from its members
+    torch.manual_seed(zlib.crc32(("population:" + ",".join(f"{r.seed}/{r.label}" for r in replicas)).encode()))
+
+    bounds = [getattr(_callback(reg, "MaxNorm"), "c", None) for reg in regs]
+    maxnorm = _vector([math.inf if c is None else c for c in bounds], device) if any(
+        c is not None for c in bounds) else None
+    schedules = [_callback(reg, "DropoutSchedule") for reg in regs]
+    base_rates = {k: v.clone() for k, v in pop.buffers.items() if k in pop.rate_buffers()}
+    if maxnorm is not None:
+        pop.max_norm_(maxnorm)  # MaxNorm also projects the initial weights (on_fit_start)
+    opt = make_optimizer(pop, optim_name, _vector([r.lr for r in replicas], device),
+                         _vector([reg.weight_decay for reg in regs], device),
+                         _vector([r.momentum for r in replicas], device))
+
+    final = pop.snapshot()                                   # every replica's last weights
+    best = pop.snapshot() if any(t.restore for t in trackers) else None
+    active = list(range(S))                                  # population row j is replica active[j]
+    n = len(data.y_train)
+    setup_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for epoch in range(max_epochs):
+        if any(schedules):
+            factor = [schedule_factor(s.kind, epoch, s.max_epochs, s.gamma, s.until) if s else 1.0
+                      for s in (schedules[i] for i in active)]
+            pop.set_rates({k: v[torch.tensor(active, device=device)] for k, v in base_rates.items()},
+                          _vector(factor, device))
+        orders = torch.stack([epoch_order(n, replicas[i].seed, epoch) for i in active]).to(device)
+        rows = torch.arange(len(active), device=device)
+        tr_loss, tr_acc, n_steps = train_epoch(pop, opt, objective, data.x_train, data.y_train, orders, batch_size,
+                                               maxnorm[active] if maxnorm is not None else None, clip)
+        val = evaluate(pop, data.x_val, data.y_val, min(eval_batch_size, _eval_chunk(len(active))))
+        tl, ta, vl, va = (t.tolist() for t in (tr_loss, tr_acc, val["loss"], val["acc"]))  # one sync per epoch
+        improved, leaving = [], []
+        for j, i in enumerate(active):
+            t = trackers[i]
+            t.steps += n_steps
+            row = {"train/loss": tl[j], "train/acc": ta[j], "val/loss": vl[j], "val/acc": va[j]}
+            t.history["epoch"].append(epoch)
+            for k in HISTORY_KEYS:
+                t.history[k].append(row[k])
+            if replicas[i].logger is not None:
+                replicas[i].logger.log_metrics(row, step=epoch)
+            if t.better(row[t.monitor]):
+                t.best_value, t.best_epoch = row[t.monitor], epoch
+                improved.append(j)
+            fired = False
+            if t.criterion is not None:
+                value = row[t.stop_monitor]
+                fired = t.criterion.update(1.0 - value if t.stop_mode == "max" else value, row["train/loss"])
+                if fired and t.stopped_epoch is None:
+                    t.stopped_epoch, t.stop_reason = epoch, t.criterion.reason
+            if not _finite(tl[j]):
+                t.diverged_epoch = epoch
+                log.warning("%s: replica %s: training loss is %s at epoch %d: stopping it as diverged",
+                            label, replicas[i].label or replicas[i].seed, tl[j], epoch)
+            if fired or t.diverged_epoch is not None:
+                leaving.append(j)
+        last = epoch == max_epochs - 1
+        state = pop.state()
+        with torch.no_grad():
+            if best is not None and improved:
+                src = torch.tensor(improved, device=device)
+                dst = torch.tensor([active[j] for j in improved], device=device)
+                for k, v in state.items():
+                    best[k][dst] = v[src]
+            out = rows if last else torch.tensor(leaving, device=device, dtype=torch.long)
+            if len(out):
+                dst = torch.tensor([active[j] for j in out.tolist()], device=device)
+                for k, v in state.items():
+                    final[k][dst] = v[out]
+        if progress is not None:
+            progress(epoch + 1, max_epochs, len(active), sum(va) / len(va))
+        if leaving and not last:
+            keep_rows = [j for j in range(len(active)) if j not in set(leaving)]
+            if not keep_rows:
+                break
+            keep = torch.tensor(keep_rows, device=device)
+            pop.select(keep)
+            opt.keep(keep, pop.params)
+            active = [active[j] for j in keep_rows]
+    train_seconds = time.perf_counter() - t1
+
+    # every replica is scored on its restored best (early-stopping arms) or its final weights
+    restored = [t.restore and t.best_epoch is not None for t in trackers]
+    end = {k: torch.where(torch.tensor(restored, device=device).view(-1, *([1] * (v.dim() - 1))), best[k], v)
+           if best is not None else v for k, v in final.items()}
+    scored = pop.with_state(end)
+    chunk = min(eval_batch_size, _eval_chunk(S))
+    splits = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
+    finals = {s: {m: v.tolist() for m, v in evaluate(scored, x, y, chunk, mc_samples).items()}
+              for s, (x, y) in splits.items()}
+
+    import regbench
+
+    records = []
+    for i, t in enumerate(trackers):
+        metrics = {f"{s}/{m}": finals[s][m][i] for s in ("train", "val", "test") for m in ("acc", "loss")}
+        h = t.history
+        finite_val = [(l, a) for l, a in zip(h["val/loss"], h["val/acc"]) if l == l]
+        metrics["best_val/loss"] = min((l for l, _ in finite_val), default=float("nan"))
+        metrics["best_val/acc"] = max((a for _, a in finite_val), default=float("nan"))
+        diverged = t.diverged_epoch is not None or not all(map(_finite, metrics.values()))
+        extra: dict[str, Any] = {
+            "import_seconds": regbench.startup_seconds(), "setup_seconds": setup_seconds / S,
+            "device": device.type, "resumed": False, "pid": os.getpid(), "threads": torch.get_num_threads(),
+            "parameters": sum(v[0].numel() for v in pop.params.values()), "engine": "population",
+            "replicas": S, "replica_index": i, "population_train_seconds": train_seconds}
+        if mc_samples:
+            extra["mc_entropy_test"] = finals["test"]["entropy"][i]
+        records.append({
+            "status": "diverged" if diverged else "ok",
+            "metrics": metrics,
+            "best_epoch": t.best_epoch,
+            "epochs_trained": len(h["epoch"]),
+            "stopped_early": t.stopped_epoch is not None,
+            "stopped_epoch": t.stopped_epoch,
+            "stop_reason": t.stop_reason if t.stopped_epoch is not None else None,
+            "restored_best": restored[i],
+            "steps": t.steps,
+            "train_seconds": train_seconds / S,
+            "history": h,
+            "diverged_epoch": t.diverged_epoch,
+            "error": (None if not diverged else f"loss became non-finite at epoch {t.diverged_epoch}"
+                      if t.diverged_epoch is not None else "a final metric is non-finite"),
+            "extra": extra,
+        })
+    return records, scored, end
+
+
+def _eval_chunk(S: int, widest: int = 1024) -> int:
+    return max(1, _EVAL_ELEMENTS // (S * widest))

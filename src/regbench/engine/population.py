@@ -1,0 +1,175 @@
+"""A population: S >= 1 replicas of one classifier, trained as one stacked model.
+
+Replica i is the ``nn.Module`` a separate run of its config builds (same seed, same
+``build_model`` call, its own dropout rates); the population is built from those very modules,
+so each layer's math is written once, in its module (``regularizers/layers.py``, ``models/``):
+
+    params, buffers = torch.func.stack_module_state(nets)      # every tensor gets a leading [S]
+    logits = vmap(functional_call(base, (params_i, buffers_i), x_i), randomness="different")
+
+as in the functorch model-ensembling tutorial. ``randomness="different"`` gives each replica its
+own noise; the dropout layers switch to their vmap-safe form (``layers.set_stacked``: noise drawn
+out of place, the rate read from the per-replica buffer ``rate``), so replicas of one population
+may have different dropout rates. With S = 1 there is nothing to batch: the replica's module runs
+as itself (no vmap, the layers' fast single-run noise), which is the plain-loop parity path.
+
+Why replicas stay independent: replica i's loss is its own objective on its own batch, the
+population minimises ``sum_i loss_i`` (so the gradient of replica i's parameters is d loss_i /
+d theta_i exactly), and vmap never mixes the [S] dimension. Measured on the MNIST-1D MLP with
+dropout, one CPU thread: vmap's per-op overhead is fixed per step, so it fades as S grows
+(``make bench``, "population" rows).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from regbench.training.loop import Objective
+
+
+class NotStackable(ValueError):
+    """These replicas cannot share one population (different shapes or layers): train them apart."""
+
+
+def structure(net: nn.Module) -> tuple:
+    """What must agree for nets to stack: module types in order, tensor names and shapes."""
+    return (tuple(type(m).__name__ for m in net.modules()),
+            tuple((n, tuple(p.shape)) for n, p in net.named_parameters()),
+            tuple((n, tuple(b.shape)) for n, b in net.named_buffers()))
+
+
+class Population:
+    """S replicas as stacked tensors ``params[name]``: [S, *shape] leaves, ``buffers[name]``: [S, *shape]."""
+
+    def __init__(self, nets: list[nn.Module]):
+        if not nets:
+            raise ValueError("a population needs at least one replica")
+        first = structure(nets[0])
+        for i, net in enumerate(nets[1:], 1):
+            if structure(net) != first:
+                raise NotStackable(f"replica {i} has another architecture than replica 0 (layers or tensor shapes differ)")
+        self.template = copy.deepcopy(nets[0])          # a real module: replica i is loaded into it on demand
+        self.base = copy.deepcopy(nets[0]).to("meta")   # the stateless module functional_call runs
+        self.stacked = len(nets) > 1
+        if self.stacked:
+            from regbench.regularizers.layers import set_stacked
+
+            set_stacked(self.base, True)
+        params, buffers = stack_module_state(nets)
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        self.buffers = {k: v.detach().clone() for k, v in buffers.items()}
+        self.initial_buffers = {k: v.clone() for k, v in self.buffers.items()}  # every replica's, as built
+
+    # ------------------------------------------------------------------ shape and state
+    @property
+    def size(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    def to(self, device) -> "Population":
+        self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in self.params.items()}
+        self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
+        self.initial_buffers = {k: v.to(device) for k, v in self.initial_buffers.items()}
+        self.template.to(device)
+        return self
+
+    def train(self, on: bool = True) -> None:
+        self.base.train(on)
+
+    def decayed(self) -> set[str]:
+        """Names of the weight matrices / kernels (decayed by L2, as app.make_optimizer: dim > 1)."""
+        return {k for k, v in self.params.items() if v.dim() > 2}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Persistent tensors of every replica (parameters, and buffers that a state_dict saves)."""
+        keep = set(self.template.state_dict())
+        out = {k: v.detach() for k, v in self.params.items()}
+        out.update({k: v for k, v in self.buffers.items() if k in keep})
+        return out
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.state().items()}
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only replicas ``rows`` (stopped ones leave the stack): new leaf tensors."""
+        self.params = {k: v.detach()[rows].clone().requires_grad_(True) for k, v in self.params.items()}
+        self.buffers = {k: v[rows].clone() for k, v in self.buffers.items()}
+
+    def with_state(self, state: dict[str, torch.Tensor]) -> "Population":
+        """All S replicas (stopped ones included) holding ``state`` (a snapshot of every replica),
+        for evaluation; the rates are the configured ones."""
+        new = copy.copy(self)
+        new.params = {k: state[k] for k in self.params}
+        new.buffers = {k: state.get(k, v) for k, v in self.initial_buffers.items()}
+        return new
+
+    def module(self, state: dict[str, torch.Tensor], i: int) -> nn.Module:
+        """Row ``i`` of ``state`` (a snapshot) as a plain module of the model (a separate run's network)."""
+        net = self.template
+        net.load_state_dict({k: v[i] for k, v in state.items()}, strict=True)
+        return net
+
+    # ------------------------------------------------------------------ forward
+    def _call(self, p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, (p, b), (x,))
+
+    def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """Logits [S, B, C]; ``x`` is [S, B, ...] (each replica its batch) or, ``shared``, [B, ...]."""
+        if not self.stacked:
+            p = {k: v[0] for k, v in self.params.items()}
+            b = {k: v[0] for k, v in self.buffers.items()}
+            return self._call(p, b, x if shared else x[0]).unsqueeze(0)
+        return vmap(self._call, in_dims=(0, 0, None if shared else 0), randomness="different")(
+            self.params, self.buffers, x)
+
+    def losses(self, objective: Objective, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each replica's ``objective(net_i, x_i, y_i)``: (losses [S], logits [S, B, C])."""
+        def one(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor):
+            return objective(partial(self._call, p, b), xb, yb)
+
+        if not self.stacked:
+            p = {k: v[0] for k, v in self.params.items()}
+            b = {k: v[0] for k, v in self.buffers.items()}
+            loss, logits = one(p, b, x[0], y[0])
+            return loss.unsqueeze(0), logits.unsqueeze(0)
+        return vmap(one, randomness="different")(self.params, self.buffers, x, y)
+
+    # ------------------------------------------------------------------ per-replica hyperparameters
+    def rate_buffers(self) -> list[str]:
+        """Names of the dropout layers' per-replica rate buffers (``layers.DropoutLayer.rate``)."""
+        return [k for k in self.buffers if k == "rate" or k.endswith(".rate")]
+
+    def set_rates(self, base: dict[str, torch.Tensor], factor: torch.Tensor) -> None:
+        """Dropout schedules: every rate buffer becomes ``base * factor`` (factor: [S], per replica).
+        With S = 1 the (unstacked) layers read their float ``p``: it is set too."""
+        for k, v in base.items():
+            self.buffers[k] = v * factor.to(v)
+        if not self.stacked:
+            from regbench.regularizers.layers import DropoutLayer
+
+            names = {n: m for n, m in self.base.named_modules()}
+            for k, v in self.buffers.items():
+                if k in base:
+                    module = names[k[: -len(".rate")] if k.endswith(".rate") else ""]
+                    if isinstance(module, DropoutLayer):
+                        module.p = float(v[0])
+
+    @torch.no_grad()
+    def max_norm_(self, c: torch.Tensor) -> None:
+        """Max-norm (regularizers.constraints.max_norm_) with each replica's own bound ``c`` [S]: every
+        unit's incoming weight vector (a row of a weight with dim >= 2) is rescaled to norm <= c_i,
+        with torch.renorm's factor c / (norm + 1e-7)."""
+        for k in self.decayed():
+            w = self.params[k]
+            norms = w.flatten(2).norm(dim=2)                           # [S, units]
+            bound = c.to(w).view(-1, 1)
+            factor = torch.where(norms > bound, bound / (norms + 1e-7), torch.ones_like(norms))
+            w.mul_(factor.view(*factor.shape, *([1] * (w.dim() - 2))))
+
