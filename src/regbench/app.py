@@ -239,7 +239,7 @@ def run_replicas(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     seeds = [rc.seed + k for k in range(rc.replicas)]
     cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
     dirs = [run_dir.parent / run_id(c) for c in cfgs]
-    return run_group(cfgs, dirs, label=run_dir.name, keep_whole=True)
+    return _worst(run_group(cfgs, dirs, label=run_dir.name, keep_whole=True))
 
 
 def population_refusal(rc: RunConfig) -> str | None:
@@ -256,23 +256,25 @@ def population_refusal(rc: RunConfig) -> str | None:
     return None
 
 
-def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: bool = False) -> str:
+def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: bool = False) -> list[str]:
     """Train `cfgs` (task configs that differ only in engine.stackable.STACKABLE_KEYS), writing each
     one's ordinary record into its folder `dirs[i]`: as one population when the engine can, else
     separately (with a log line naming why). Records already ok are skipped (force=true reruns
     them); with `keep_whole` (replicas=S: its masks depend on the whole group) the population is
-    always the whole group, and only the records not yet ok are written. Returns the worst status."""
+    always the whole group, and only the records not yet ok are written. Returns each config's
+    status (ok, diverged, collapsed, failed, skipped, busy, rejected), in order."""
+    status = ["skipped"] * len(cfgs)
     rcs = []
     for c, d in zip(cfgs, dirs):
         try:
             rcs.append(validate(c))
         except ConfigError as e:
-            return _reject(e, d)
+            return [_reject(e, d)] * len(cfgs)
     todo = [i for i, d in enumerate(dirs) if rcs[i].force or not _is_done(d)]
     if not todo:
         log.info("skipping %s..%s: all %d records say ok (force=true reruns them)", dirs[0].name, dirs[-1].name,
                  len(dirs))
-        return "skipped"
+        return status
     members = list(range(len(cfgs))) if keep_whole else todo
     from regbench.engine.memory import PopulationMemoryError
 
@@ -283,14 +285,16 @@ def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: 
     try:
         if not all(lock.acquire() for lock in locks):
             log.info("skipping the population of %s: another process holds one of its runs", label)
-            return "busy"
+            return [("busy" if i in todo else s) for i, s in enumerate(status)]
         why = next((w for w in (population_refusal(rcs[i]) for i in members) if w), None)
         if why is None and len(members) == 1 and not keep_whole:
             why = "one run"
         if why is not None:
             if why != "one run":
                 log.info("%s: training separately: %s", label, why)
-            return _worst([_run_locked(cfgs[i], rcs[i], dirs[i]) for i in todo])
+            for i in todo:
+                status[i] = _run_locked(cfgs[i], rcs[i], dirs[i])
+            return status
         for i in members:
             handler = logging.FileHandler(dirs[i] / "run.log")
             handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
@@ -300,7 +304,8 @@ def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: 
             results = train_population([cfgs[i] for i in members], [rcs[i] for i in members],
                                        [dirs[i] for i in members], label=label)
         except (*_rejected(), PopulationMemoryError) as e:
-            return _reject(e, dirs[0])
+            rejected = _reject(e, dirs[0])
+            return [(rejected if i in todo else s) for i, s in enumerate(status)]
         except Exception as e:  # the population failed: every run it was to write gets a failed record
             for i in todo:
                 (dirs[i] / "traceback.txt").write_text(traceback.format_exc())
@@ -310,7 +315,7 @@ def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: 
             log.error("population %s failed: %s: %s", label, type(e).__name__, e)
             if not _is_multirun():
                 raise
-            return "failed"
+            return [("failed" if i in todo else s) for i, s in enumerate(status)]
         by_member = dict(zip(members, results))
         for i in todo:
             record = _base_record(cfgs[i], rcs[i], dirs[i])
@@ -318,7 +323,9 @@ def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: 
             write_record(dirs[i], mark_health(record))
         log.info("%s: %d replicas in one population: test/acc %s", label, len(members),
                  " ".join(f"{by_member[i]['metrics']['test/acc']:.3f}" for i in todo))
-        return _worst([by_member[i]["status"] for i in todo])
+        for i in todo:
+            status[i] = by_member[i]["status"]
+        return status
     except SystemExit as e:
         _exit_on_sigterm(e)
         raise
