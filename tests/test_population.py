@@ -1,0 +1,343 @@
+"""The population engine (engine/population.py, engine/fit.py): S replicas built from the model's own
+nn.Modules, trained as one stacked model, each replica equal to the separate run of its config
+(exactly without dropout, in distribution with it), independent of the others whatever their
+hyperparameters."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from conftest import ROOT, compose
+from regbench.app import make_optimizer
+from regbench.config import validate
+from regbench.engine import memory
+from regbench.engine.fit import Replica, fit
+from regbench.engine.population import NotStackable, Population
+from regbench.models import build_model
+from regbench.regularizers import build_regularization
+from regbench.regularizers.constraints import MaxNorm, max_norm_
+from regbench.training.loop import cross_entropy, epoch_order, evaluate, train_epoch
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from parity import raw_train  # noqa: E402
+
+MLP = {"hidden": 100, "depth": 2}
+KWARGS = {"mlp": MLP, "resmlp": MLP, "logreg": {}, "cnn1d": {"channels": 25}, "seed_cnn": {}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """A separate run's trajectory depends on the thread count: compare at one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    from regbench.data import build_data
+
+    return build_data("mnist1d", root=os.environ["REGBENCH_DATA"], val_size=500, split_seed=0, train_size=None,
+                      generator_seed=42)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """1000 training examples (10 steps an epoch): noisy enough for early stopping to differ by seed."""
+    from regbench.data import build_data
+
+    return build_data("mnist1d", root=os.environ["REGBENCH_DATA"], val_size=500, split_seed=0, train_size=1000,
+                      generator_seed=42)
+
+
+def reg_for(arm: str, *overrides: str, max_epochs: int = 10):
+    r = validate(compose([f"regularizer={arm}", *overrides])).regularizer
+    return build_regularization(r.name, dropout=r.dropout, early_stop=r.early_stop, weight_decay=r.weight_decay,
+                                maxnorm=r.maxnorm, rdrop_alpha=r.rdrop_alpha, mc_samples=r.mc_samples,
+                                max_epochs=max_epochs)
+
+
+def net_of(data, seed, reg, model="mlp"):
+    pl.seed_everything(seed, workers=False, verbose=False)
+    return build_model(model, data.input_shape, data.num_classes, reg.slots, regularizer=reg.name, **KWARGS[model])
+
+
+def population(data, seeds, regs, *, model="mlp", optim="adam", lr=0.01, momentum=0.0, epochs=3, batch_size=100,
+               nets=None):
+    """Records of one population: replica i has seed seeds[i], regularization regs[i] (or one for all)
+    and learning rate lr[i] (or one for all)."""
+    regs = regs if isinstance(regs, list) else [regs] * len(seeds)
+    lrs = lr if isinstance(lr, list) else [lr] * len(seeds)
+    nets = nets or [net_of(data, s, r, model) for s, r in zip(seeds, regs)]
+    members = [Replica(seed=s, reg=r, lr=l, momentum=momentum) for s, r, l in zip(seeds, regs, lrs)]
+    records, _, _ = fit(nets, members, data, optim_name=optim, batch_size=batch_size, max_epochs=epochs,
+                        eval_batch_size=1000)
+    return records
+
+
+def plain_net(data, seed, reg, *, model="mlp", optim="adam", lr=0.01, momentum=0.0, epochs=3, batch_size=100,
+              losses=None):
+    """A separate run of `seed` with the framework's own inner loop, no Lightning."""
+    net = net_of(data, seed, reg, model)
+    opt = make_optimizer(optim, lr, momentum, reg.weight_decay)(net)
+    c = next((cb.c for cb in reg.callbacks if isinstance(cb, MaxNorm)), None)
+    if c is not None:
+        max_norm_(net, c)
+        opt.register_step_post_hook(lambda *_: max_norm_(net, c))
+    for epoch in range(epochs):
+        loss, _, _ = train_epoch(net, opt, cross_entropy, data.x_train, data.y_train,
+                                 epoch_order(len(data.y_train), seed, epoch), batch_size)
+        if losses is not None:
+            losses.append(float(loss))
+    return net
+
+
+def plain_losses(data, seed, reg, **kw):
+    out: list[float] = []
+    plain_net(data, seed, reg, losses=out, **kw)
+    return out
+
+
+# ------------------------------------------------------------------------------------ every arm stacks
+ARMS = sorted(p.stem for p in (ROOT / "conf" / "regularizer").glob("*.yaml"))
+MODEL_OF = {"drop_path": "resmlp", "spatial_dropout": "cnn1d", "dropblock": "cnn1d", "alpha_dropout": "mlp"}
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_every_arm_trains_as_one_population_with_one_record_per_replica(arm, tmp_path):
+    """Each of conf/regularizer/'s arms, two seeds as one population through the composition root:
+    one ordinary record, curves and best.ckpt per replica, its own seed's trajectory."""
+    from omegaconf import OmegaConf
+
+    from regbench import app
+
+    model = MODEL_OF.get(arm, "mlp")
+    cfg = compose([f"regularizer={arm}", f"model={model}", "trainer.max_epochs=2", "data.train_size=500",
+                   "trainer.progress_every=0", "logger=csv"])
+    cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in (0, 1)]
+    rcs = [validate(c) for c in cfgs]
+    dirs = [tmp_path / f"s{s}" for s in (0, 1)]
+    for d in dirs:
+        d.mkdir()
+    recs = app.train_population(cfgs, rcs, dirs, label=arm)
+    assert [r["status"] for r in recs] == ["ok", "ok"]
+    assert all(r["extra"]["engine"] == "population" and r["extra"]["replicas"] == 2 for r in recs)
+    assert recs[0]["history"]["train/loss"] != recs[1]["history"]["train/loss"]  # two seeds, two runs
+    for d, r in zip(dirs, recs):
+        state = torch.load(d / app.WEIGHTS_FILE, weights_only=True)
+        net = build_model(model, (40,), 10, app.regularization_of(rcs[0]).slots, regularizer=arm, **KWARGS[model])
+        net.load_state_dict(state["state_dict"])  # a plain module of the model
+        assert (d / "csv" / "metrics.csv").exists() or list(d.rglob("metrics.csv"))
+        assert r["extra"]["mechanism"]["acc"] == pytest.approx(r["metrics"]["test/acc"], abs=1e-9) or arm == "mc_dropout"
+
+
+# ------------------------------------------------------------------------------------ exactness
+def test_without_dropout_each_replica_follows_the_plain_loop_of_its_seed(data):
+    """vmap of the model's own modules vs a hand-written plain PyTorch loop: 1e-5 over 3 epochs
+    (bmm and mm round differently; see test_replicas history: Adam amplifies it over long runs)."""
+    seeds = [0, 1, 2]
+    recs = population(data, seeds, reg_for("none"))
+    for seed, r in zip(seeds, recs):
+        raw, _, _ = raw_train(data.x_train, data.y_train, seed=seed, epochs=3, batch_size=100, lr=0.01)
+        assert r["history"]["train/loss"] == pytest.approx(raw, abs=1e-5)
+        assert r["steps"] == 105 and r["epochs_trained"] == 3 and r["status"] == "ok"
+
+
+def test_a_population_of_one_keeps_parity_with_the_plain_loop(data):
+    """S = 1 runs the replica's module itself (no vmap): the plain loop's trajectory to 1e-5."""
+    r = population(data, [5], reg_for("none"), epochs=3)[0]
+    raw, _, _ = raw_train(data.x_train, data.y_train, seed=5, epochs=3, batch_size=100, lr=0.01)
+    assert r["extra"]["replicas"] == 1
+    assert r["history"]["train/loss"] == pytest.approx(raw, abs=1e-5)
+
+
+@pytest.mark.parametrize("model,arm,optim,lr,momentum", [
+    ("resmlp", "weight_decay", "adam", 0.01, 0.0),
+    ("logreg", "none", "adam", 0.01, 0.0),
+    ("mlp", "maxnorm", "sgd", 0.1, 0.9),
+    ("cnn1d", "weight_decay", "adam", 0.01, 0.0),
+    ("cnn1d", "maxnorm", "sgd", 0.1, 0.9),
+])
+def test_other_models_and_arms_follow_the_plain_loop_too(small, model, arm, optim, lr, momentum):
+    reg = reg_for(arm, "regularizer.maxnorm=0.5") if arm == "maxnorm" else reg_for(arm)  # c small enough to bind
+    kw = dict(model=model, optim=optim, lr=lr, momentum=momentum, epochs=2)
+    recs = population(small, [4, 9], reg, **kw)
+    for seed, r in zip([4, 9], recs):
+        ref = plain_losses(small, seed, reg, **kw)
+        assert r["history"]["train/loss"][0] == pytest.approx(ref[0], abs=1e-5)
+        assert r["history"]["train/loss"] == pytest.approx(ref, rel=2e-4)
+
+
+# ------------------------------------------------------------------------------------ independence
+def test_gradients_never_cross_replicas(small):
+    reg = reg_for("dropout")
+    pop = Population([net_of(small, s, reg) for s in range(3)])
+    x = small.x_train[:300].view(3, 100, 40)
+    y = small.y_train[:300].view(3, 100)
+    loss, _ = pop.losses(cross_entropy, x, y)
+    grads = torch.autograd.grad(loss[1], list(pop.params.values()))
+    for g in grads:
+        assert g[1].abs().sum() > 0
+        assert torch.equal(g[0], torch.zeros_like(g[0])) and torch.equal(g[2], torch.zeros_like(g[2]))
+
+
+def test_replicas_with_other_learning_rates_and_weight_decay_do_not_change_a_replica(small):
+    """Without dropout a replica is deterministic: its record in a mixed population (other lr,
+    other weight decay, other seed) equals its record in a population of itself alone."""
+    mixed = population(small, [0, 0, 1], [reg_for("weight_decay"), reg_for("none"), reg_for("weight_decay")],
+                       lr=[0.01, 0.003, 0.03], epochs=3)
+    alone = population(small, [0, 0], [reg_for("weight_decay"), reg_for("none")], lr=[0.01, 0.003], epochs=3)
+    for a, b in zip(mixed[:2], alone):
+        assert a["history"]["train/loss"] == pytest.approx(b["history"]["train/loss"], abs=1e-6)
+        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
+    assert mixed[0]["history"]["train/loss"] != mixed[1]["history"]["train/loss"]  # lr and decay do act
+    # and a replica at lr 0.003 follows the plain loop at lr 0.003
+    ref = plain_losses(small, 0, reg_for("none"), lr=0.003, epochs=3)
+    assert mixed[1]["history"]["train/loss"] == pytest.approx(ref, abs=1e-5)
+
+
+def test_each_replica_drops_at_its_own_rate(small):
+    """A p=0 replica in a population with p=0.5 ones trains exactly as a dropout-free run of its seed:
+    its rate is its own, and no mask of another replica reaches it."""
+    regs = [reg_for("dropout", "regularizer.dropout.p=0.0"), reg_for("dropout"), reg_for("dropout")]
+    recs = population(small, [3, 3, 4], regs, epochs=3)
+    ref = plain_losses(small, 3, reg_for("none"), epochs=3)
+    assert recs[0]["history"]["train/loss"] == pytest.approx(ref, abs=1e-5)
+    assert recs[1]["history"]["train/loss"][0] > recs[0]["history"]["train/loss"][0] + 0.05  # p = 0.5 does drop
+
+
+def test_two_populations_of_the_same_members_give_the_same_records(small):
+    reg = reg_for("dropout", "regularizer.dropout.input_p=0.2")
+    a, b = population(small, [3, 4], reg, epochs=2), population(small, [3, 4], reg, epochs=2)
+    assert [r["history"] for r in a] == [r["history"] for r in b]
+    twins = population(small, [3, 3], reg, epochs=2)  # the same seed twice with dropout: masks differ
+    assert twins[0]["history"]["train/loss"] != twins[1]["history"]["train/loss"]
+
+
+# ------------------------------------------------------------------------------------ per-replica stopping
+def test_replicas_stop_early_on_their_own_epochs_and_restore_their_own_best(small):
+    from regbench.regularizers.criteria import Patience
+    from regbench.regularizers.early_stopping import one_minus
+
+    reg = reg_for("dropout_early_stop", "regularizer.early_stop.patience=3", max_epochs=40)
+    recs = population(small, list(range(6)), reg, epochs=40)
+    stops = [r["stopped_epoch"] for r in recs]
+    assert all(s is not None for s in stops) and len(set(stops)) > 1, stops
+    for r in recs:
+        h = r["history"]
+        assert r["stopped_early"] and r["restored_best"] and r["status"] == "ok"
+        assert r["epochs_trained"] == r["stopped_epoch"] + 1 == len(h["epoch"])
+        assert r["steps"] == 10 * r["epochs_trained"]
+        assert r["best_epoch"] == h["val/acc"].index(max(h["val/acc"]))
+        crit = Patience(3)
+        crit.describe_as("val/acc", one_minus)
+        fired = [crit.update(1 - a, l) for a, l in zip(h["val/acc"], h["train/loss"])]
+        assert fired.index(True) == r["stopped_epoch"] and r["stop_reason"] == crit.reason
+        assert r["metrics"]["val/acc"] == pytest.approx(h["val/acc"][r["best_epoch"]], abs=1e-9)
+
+
+@pytest.mark.parametrize("optim,lr,momentum", [("adam", 0.01, 0.0), ("sgd", 0.1, 0.9)])
+def test_replicas_that_keep_training_after_others_stopped_are_unaffected(small, optim, lr, momentum):
+    reg = reg_for("early_stop", "regularizer.early_stop.patience=2", max_epochs=25)
+    seeds = [0, 1, 2, 3]
+    together = population(small, seeds, reg, optim=optim, lr=lr, momentum=momentum, epochs=25)
+    assert len({r["stopped_epoch"] for r in together}) > 1  # the stack was compacted at least once
+    for seed, r in zip(seeds, together):
+        alone = population(small, [seed, seed], reg, optim=optim, lr=lr, momentum=momentum, epochs=25)[0]
+        assert r["history"]["epoch"] == alone["history"]["epoch"]
+        assert r["history"]["train/loss"] == pytest.approx(alone["history"]["train/loss"], abs=1e-6)
+        assert (r["best_epoch"], r["stopped_epoch"]) == (alone["best_epoch"], alone["stopped_epoch"])
+        assert r["metrics"] == pytest.approx(alone["metrics"], abs=1e-6)
+
+
+def test_restored_weights_are_the_best_epochs_weights(small):
+    reg = reg_for("early_stop", "regularizer.early_stop.patience=2", max_epochs=20)
+    recs = population(small, [0, 1], reg, optim="sgd", lr=0.1, momentum=0.9, epochs=20)
+    for seed, r in zip([0, 1], recs):
+        assert r["restored_best"] and r["stopped_epoch"] > r["best_epoch"]
+        net = plain_net(small, seed, reg, optim="sgd", lr=0.1, momentum=0.9, epochs=r["best_epoch"] + 1)
+        for split, (x, y) in {"val": (small.x_val, small.y_val), "test": (small.x_test, small.y_test)}.items():
+            m = evaluate(net, x, y)
+            assert r["metrics"][f"{split}/acc"] == pytest.approx(m["acc"], abs=1e-9)
+            assert r["metrics"][f"{split}/loss"] == pytest.approx(m["loss"], abs=1e-5)
+
+
+def test_a_diverging_replica_does_not_affect_the_others(small):
+    reg = reg_for("none")
+    clean = population(small, [0, 2], reg, epochs=3)
+    nets = [net_of(small, s, reg) for s in (0, 1, 2)]
+    with torch.no_grad():
+        nets[1].head.weight.mul_(1e38)  # logits overflow: the loss is not finite
+    recs = population(small, [0, 1, 2], reg, epochs=3, nets=nets)
+    bad = recs[1]
+    assert bad["status"] == "diverged" and bad["diverged_epoch"] == 0 and "non-finite" in bad["error"]
+    assert bad["epochs_trained"] == 1 and not math.isfinite(bad["history"]["train/loss"][0])
+    for good, ref in zip([recs[0], recs[2]], clean):
+        assert good["status"] == "ok" and good["diverged_epoch"] is None
+        for k in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            assert good["history"][k] == pytest.approx(ref["history"][k], abs=1e-6)
+
+
+def test_replicas_of_other_architectures_are_refused(small):
+    with pytest.raises(NotStackable, match="architecture"):
+        Population([net_of(small, 0, reg_for("none")), net_of(small, 0, reg_for("none"), model="resmlp")])
+
+
+# ------------------------------------------------------------------------------------ memory
+def test_a_population_too_big_for_memory_is_refused_before_training_with_the_estimate(small):
+    net = net_of(small, 0, reg_for("none"))
+    one = memory.check(1, net, small, batch_size=100, optim_name="adam", eval_chunk=1000)
+    assert memory.check(1000, net, small, batch_size=100, optim_name="adam", eval_chunk=1000) == 1000 * one
+    with pytest.raises(memory.PopulationMemoryError, match=r"a population of 1000 replicas needs about [0-9.]+ GiB"):
+        memory.check(1000, net, small, batch_size=100, optim_name="adam", eval_chunk=1000, available=10 * one)
+
+
+# ------------------------------------------------------------------------------------ distribution (slow)
+@pytest.mark.slow
+@pytest.mark.parametrize("arm,model", [("none", "mlp"), ("dropout", "mlp"), ("dropout_early_stop", "mlp"),
+                                       ("spatial_dropout", "cnn1d")])
+def test_population_and_separate_runs_agree_in_distribution(arm, model, tmp_path):
+    """20 seeds both ways: mean test accuracy within 3 standard errors of the difference."""
+    from omegaconf import OmegaConf
+
+    from regbench import app
+    from test_training import train_in_process
+
+    seeds = list(range(20))
+    over = [f"regularizer={arm}", f"model={model}", "trainer.max_epochs=15", "trainer.progress_every=0",
+            "logger=csv"]
+    cfg = compose(over)
+    cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
+    dirs = [tmp_path / "pop" / str(s) for s in seeds]
+    for d in dirs:
+        d.mkdir(parents=True)
+    st = [r["metrics"]["test/acc"] for r in app.train_population(cfgs, [validate(c) for c in cfgs], dirs, "t")]
+    sep = [train_in_process(tmp_path / str(s), *over, f"seed={s}")["metrics"]["test/acc"] for s in seeds]
+    diff = statistics.mean(st) - statistics.mean(sep)
+    se = math.sqrt(statistics.variance(st) / len(st) + statistics.variance(sep) / len(sep))
+    assert abs(diff) < 3 * se, (diff, se, statistics.mean(st), statistics.mean(sep))
+
+
+@pytest.mark.slow
+def test_a_replica_of_a_mixed_population_matches_a_population_of_its_own_rate_in_distribution():
+    """p=0.1 replicas among p=0.5 ones vs a population of p=0.1 replicas only: 20 seeds each."""
+    from regbench.data import build_data
+
+    d = build_data("mnist1d", root=os.environ["REGBENCH_DATA"], val_size=500, split_seed=0, train_size=1000,
+                   generator_seed=42)
+    low, high = reg_for("dropout", "regularizer.dropout.p=0.1"), reg_for("dropout", "regularizer.dropout.p=0.5")
+    seeds = list(range(20))
+    mixed = population(d, seeds * 2, [low] * 20 + [high] * 20, epochs=10)[:20]
+    pure = population(d, seeds, low, epochs=10)
+    a, b = [r["metrics"]["test/acc"] for r in mixed], [r["metrics"]["test/acc"] for r in pure]
+    diff = statistics.mean(a) - statistics.mean(b)
+    se = math.sqrt(statistics.variance(a) / 20 + statistics.variance(b) / 20)
+    assert abs(diff) < 3 * se, (diff, se)
