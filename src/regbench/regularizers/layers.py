@@ -15,6 +15,27 @@ Every layer derives from :class:`DropoutLayer`, which gives it
 
 A layer is *active* (samples noise) when ``self.training or self.mc``.
 
+Stacked mode (populations under ``torch.func.vmap``)
+-----------------------------------------------------
+The population engine trains S replicas of a model as one: it stacks their parameters and
+buffers with ``torch.func.stack_module_state`` and runs
+``vmap(lambda params, buffers, x: functional_call(base, (params, buffers), (x,)),
+randomness="different")``. Replicas may differ in their drop rates, so every layer also
+holds its rate as a **non-persistent buffer** ``rate`` (a 0-d float32 tensor, kept equal to
+``p`` by ``p``'s setter; non-persistent, so ``state_dict`` and checkpoints do not change):
+stacked, it becomes an [S] tensor of which each replica sees its own 0-d slice.
+
+With ``layer.stacked = True`` (see :func:`set_stacked`) ``forward`` passes ``self.rate``
+instead of the float ``p`` to its function, and every function here takes a tensor ``p``
+too. That path is vmap-safe: its noise is drawn out of place from uniforms
+(``torch.rand``/``rand_like``, ``randn_like``; ``random_`` on a fresh tensor is refused
+under vmap's ``randomness="different"``), and it has no Python branch on the rate's value
+(``p = 0`` and ``p = 1`` come out of the arithmetic: identity, zeros). Its Bernoulli masks
+are ``u >= p`` for ``u ~ U[0, 1)`` in float32, so the drop rate is ``p`` up to float32's
+2**-24 instead of the packed-bits quantisation below. Whether the layer is active stays
+the Python bool ``self.training or self.mc``. With ``stacked = False`` (the default, for
+single runs) nothing changes: the float ``p`` and the packed-bits masks below.
+
 Fast Bernoulli masks
 --------------------
 On CPU, ``torch.nn.functional.dropout`` draws its mask with ``bernoulli_``, which we
@@ -53,12 +74,14 @@ __all__ = [
     "dropout_layers",
     "set_mc_dropout",
     "set_drop_rate",
+    "set_stacked",
     "realised_drop_rate",
     "bernoulli_noise",
     "dropout",
     "Dropout",
     "gaussian_dropout",
     "GaussianDropout",
+    "alpha_dropout",
     "AlphaDropout",
     "DropConnectLinear",
     "spatial_dropout",
@@ -96,7 +119,11 @@ class DropoutLayer(nn.Module):
     Attributes:
         p: drop rate, a float that may be changed during training (validated on
             assignment; a subclass narrows the range with ``_p_upper_inclusive``).
+        rate: non-persistent buffer, a 0-d float32 tensor always equal to ``p`` (set by
+            ``p``'s setter); the rate that stacked mode reads, one per replica once stacked.
         mc: when True the layer samples noise in eval mode too (MC dropout).
+        stacked: when True ``forward`` takes its rate from ``rate`` and draws its noise out
+            of place, so that it runs under ``torch.func.vmap`` (see the module docstring).
     """
 
     # Gaussian dropout and DropBlock cannot take p = 1 (infinite variance / no seed rate)
@@ -104,6 +131,7 @@ class DropoutLayer(nn.Module):
 
     def __init__(self, p: float = 0.5, mc: bool = False):
         super().__init__()
+        self.stacked = False
         self.p = p
         self.mc = bool(mc)
 
@@ -116,6 +144,13 @@ class DropoutLayer(nn.Module):
         # validate here rather than in forward so that a scheduler that sets a bad rate
         # fails at the assignment, with the layer's class in the message
         self._p = _check_p(value, name=f"{type(self).__name__}.p", upper_inclusive=self._p_upper_inclusive)
+        rate = self._buffers.get("rate")
+        if rate is None:
+            # non-persistent: a checkpoint of a model with dropout layers keeps the keys it had
+            self.register_buffer("rate", torch.tensor(self._p, dtype=torch.float32), persistent=False)
+        else:
+            with torch.no_grad():  # in place: keeps the buffer's device, and costs no transfer
+                rate.fill_(self._p)
 
     @property
     def active(self) -> bool:
@@ -123,7 +158,7 @@ class DropoutLayer(nn.Module):
         return self.training or self.mc
 
     def extra_repr(self) -> str:
-        return f"p={self.p:g}" + (", mc=True" if self.mc else "")
+        return f"p={self.p:g}" + (", mc=True" if self.mc else "") + (", stacked=True" if self.stacked else "")
 
 
 def dropout_layers(model: nn.Module) -> Iterator[DropoutLayer]:
@@ -145,6 +180,22 @@ def set_mc_dropout(model: nn.Module, on: bool) -> int:
     n = 0
     for layer in dropout_layers(model):
         layer.mc = bool(on)
+        n += 1
+    return n
+
+
+def set_stacked(model: nn.Module, on: bool) -> int:
+    """Switch stacked mode on or off for every regbench dropout layer in ``model``.
+
+    Stacked layers read their rate from the buffer ``rate`` and draw their noise out of
+    place, so S replicas stacked with ``torch.func.stack_module_state`` run under
+    ``vmap(functional_call(...), randomness="different")`` with a rate and independent
+    noise each. Set it on every replica (and on the base module given to
+    ``functional_call``) before stacking. Returns the number of layers switched.
+    """
+    n = 0
+    for layer in dropout_layers(model):
+        layer.stacked = bool(on)
         n += 1
     return n
 
@@ -187,18 +238,48 @@ def realised_drop_rate(p: float) -> float:
 
 
 def bernoulli_noise(
-    shape: Sequence[int], p: float, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    shape: Sequence[int], p: float | torch.Tensor, *, dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None
 ) -> torch.Tensor:
     """Multiplicative inverted-dropout noise: 0 with probability p', else 1/(1-p').
 
-    ``p' = realised_drop_rate(p)`` (see the module docstring), so ``E[noise] = 1`` exactly.
-    Requires ``0 < p < 1``. Draws ``ceil(n*bits/64)`` 64-bit random words from the
-    device's default generator.
+    For a float ``p``: ``p' = realised_drop_rate(p)`` (see the module docstring), so
+    ``E[noise] = 1`` exactly. Requires ``0 < p < 1``. Draws ``ceil(n*bits/64)`` 64-bit
+    random words from the device's default generator.
+
+    For a 0-d tensor ``p`` (stacked mode): vmap-safe, ``noise = 1[u >= p] / (1 - p)`` with
+    ``u ~ U[0, 1)`` float32 drawn out of place, so ``p' = p`` (to 2**-24), ``p = 0`` gives
+    ones and ``p = 1`` zeros (not 0 * inf). The value of ``p`` is not checked: that would
+    read it, which vmap forbids (the layers validate ``p`` on assignment).
     """
+    if isinstance(p, torch.Tensor):
+        u = torch.rand(shape, device=device)
+        scale = torch.where(p < 1.0, 1.0 / (1.0 - p), 0.0)
+        return ((u >= p) * scale).to(dtype)
     if not 0.0 < p < 1.0:
         raise ValueError(f"bernoulli_noise needs 0 < p < 1, got p={p}")
     shape = torch.Size(shape)
     return _noise(p, shape.numel(), dtype, device, shape, None)
+
+
+def _times_bernoulli(x: torch.Tensor, p: float | torch.Tensor, shape: Sequence[int] | None, what: str) -> torch.Tensor:
+    """``x * bernoulli_noise(shape, p)`` (``shape`` broadcasts over x; None: x's own shape).
+
+    The core of dropout, spatial dropout, DropPath and DropConnect. A float ``p`` is
+    checked, ``p = 0`` returns x and ``p = 1`` gives ``x * 0`` (the graph is kept, with a
+    zero gradient, like torch's dropout); a tensor ``p`` goes straight to the vmap-safe noise.
+    """
+    if isinstance(p, torch.Tensor):
+        return x * bernoulli_noise(x.shape if shape is None else shape, p, dtype=x.dtype, device=x.device)
+    if p == 0.0:
+        return x
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"{what}: p={p} is outside the allowed range [0, 1]")
+    if p == 1.0:
+        return x * 0.0
+    if shape is None:  # the hot path: view_as(x) instead of building a Size
+        return x * _noise(p, x.numel(), x.dtype, x.device, None, x)
+    return x * bernoulli_noise(shape, p, dtype=x.dtype, device=x.device)
 
 
 def _noise(p: float, n: int, dtype: torch.dtype, device, shape, like: torch.Tensor | None) -> torch.Tensor:
@@ -233,7 +314,7 @@ def _noise(p: float, n: int, dtype: torch.dtype, device, shape, like: torch.Tens
 # --------------------------------------------------------------------------------------
 
 
-def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+def dropout(x: torch.Tensor, p: float | torch.Tensor = 0.5, training: bool = True) -> torch.Tensor:
     """Inverted Bernoulli dropout (Srivastava et al. 2014, JMLR 15).
 
     ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)`` i.i.d. per element, so
@@ -241,14 +322,11 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Ten
     element): ``p`` is exact when ``p * 256`` is an integer
     and within 2**-16 otherwise, and the scale uses the realised rate so ``E[y] = x``
     exactly. Any shape, any device, differentiable (``dy/dx = m / (1 - p)``).
+    A 0-d tensor ``p`` takes the vmap-safe path of :func:`bernoulli_noise` (stacked mode).
     """
-    if p == 0.0 or not training:
+    if not training:
         return x
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"dropout: p={p} is outside the allowed range [0, 1]")
-    if p == 1.0:
-        return x * 0.0  # keeps the graph (zero gradient), like torch's dropout
-    return x * _noise(p, x.numel(), x.dtype, x.device, None, x)
+    return _times_bernoulli(x, p, None, "dropout")
 
 
 class Dropout(DropoutLayer):
@@ -261,9 +339,9 @@ class Dropout(DropoutLayer):
         super().__init__(p, mc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.active:
+        if not self.active or (self._p == 0.0 and not self.stacked):
             return x
-        return dropout(x, self.p, True)
+        return dropout(x, self.rate if self.stacked else self._p, True)
 
 
 # --------------------------------------------------------------------------------------
@@ -271,17 +349,22 @@ class Dropout(DropoutLayer):
 # --------------------------------------------------------------------------------------
 
 
-def gaussian_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+def gaussian_dropout(x: torch.Tensor, p: float | torch.Tensor = 0.5, training: bool = True) -> torch.Tensor:
     """Multiplicative Gaussian noise (Srivastava et al. 2014, section 10).
 
     ``y = x * m`` with ``m ~ N(1, sigma^2)``, ``sigma^2 = p / (1 - p)``: the same mean and
     variance as the inverted Bernoulli mask ``Bernoulli(1 - p) / (1 - p)``. ``0 <= p < 1``.
+    ``p`` may be a 0-d tensor (stacked mode; not range-checked, ``p = 0`` gives sigma 0):
+    the same formula, vmap-safe since ``randn_like`` draws a fresh tensor.
     """
-    if p == 0.0 or not training:
+    if not training:
         return x
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"gaussian_dropout: p={p} is outside the allowed range [0, 1)")
-    sigma = math.sqrt(p / (1.0 - p))
+    if not isinstance(p, torch.Tensor):
+        if p == 0.0:
+            return x
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"gaussian_dropout: p={p} is outside the allowed range [0, 1)")
+    sigma = (p / (1.0 - p)) ** 0.5
     return x * torch.randn_like(x).mul_(sigma).add_(1.0)
 
 
@@ -294,9 +377,9 @@ class GaussianDropout(DropoutLayer):
         super().__init__(p, mc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.active:
+        if not self.active or (self._p == 0.0 and not self.stacked):
             return x
-        return gaussian_dropout(x, self.p, True)
+        return gaussian_dropout(x, self.rate if self.stacked else self._p, True)
 
 
 # --------------------------------------------------------------------------------------
@@ -304,14 +387,39 @@ class GaussianDropout(DropoutLayer):
 # --------------------------------------------------------------------------------------
 
 
-class AlphaDropout(DropoutLayer):
+# SELU's negative saturation, -lambda * alpha (Klambauer et al. 2017; torch's alpha_dropout constant)
+_SELU_SATURATION = -1.7580993408473766
+
+
+def alpha_dropout(x: torch.Tensor, p: float | torch.Tensor = 0.5, training: bool = True) -> torch.Tensor:
     """Alpha dropout for self-normalising networks (Klambauer et al. 2017, SELU).
 
-    Dropped units are set to SELU's negative saturation ``alpha' = -lambda * alpha``
-    (not 0), then an affine map ``a * y + b`` with ``a = ((1-p)(1 + p alpha'^2))^-1/2``,
-    ``b = -a p alpha'`` restores mean 0 and variance 1 for inputs with mean 0 and
-    variance 1. Wraps ``torch.nn.functional.alpha_dropout``. Use with a SELU activation.
-    ``0 <= p < 1`` (at p = 1 the affine correction is infinite).
+    ``y = a * (x * m + alpha' * (1 - m)) + b`` with ``m ~ Bernoulli(1 - p)``: dropped units
+    are set to SELU's negative saturation ``alpha' = -lambda * alpha`` (not 0), then the
+    affine map with ``a = ((1-p)(1 + p alpha'^2))^-1/2``, ``b = -a p alpha'`` restores mean
+    0 and variance 1 for inputs with mean 0 and variance 1. ``0 <= p < 1`` (at p = 1 the
+    affine correction is infinite). A float ``p`` runs ``torch.nn.functional.alpha_dropout``
+    (the same formula, fused); a 0-d tensor ``p`` (stacked mode) the formula above with
+    ``m = 1[u >= p]``, ``u ~ U[0, 1)`` drawn out of place, vmap-safe.
+    """
+    if not training:
+        return x
+    if not isinstance(p, torch.Tensor):
+        if p == 0.0:
+            return x
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"alpha_dropout: p={p} is outside the allowed range [0, 1)")
+        return F.alpha_dropout(x, p, True)
+    keep = torch.rand(x.shape, device=x.device) >= p
+    a = ((1.0 - p) * (1.0 + p * _SELU_SATURATION**2)) ** -0.5
+    b = -a * p * _SELU_SATURATION
+    return torch.where(keep, x, _SELU_SATURATION) * a.to(x.dtype) + b.to(x.dtype)
+
+
+class AlphaDropout(DropoutLayer):
+    """Alpha dropout for SELU networks (Klambauer et al. 2017); see :func:`alpha_dropout`.
+
+    Use with a SELU activation. ``0 <= p < 1``.
     """
 
     _p_upper_inclusive = False
@@ -320,9 +428,9 @@ class AlphaDropout(DropoutLayer):
         super().__init__(p, mc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.active:
+        if not self.active or (self._p == 0.0 and not self.stacked):
             return x
-        return F.alpha_dropout(x, self.p, True)
+        return alpha_dropout(x, self.rate if self.stacked else self._p, True)
 
 
 # --------------------------------------------------------------------------------------
@@ -341,23 +449,26 @@ class DropConnectLinear(nn.Linear, DropoutLayer):
     ``p`` is keyword-only so that ``functools.partial(DropConnectLinear, p=0.5)`` fits the
     ``linear`` slot's ``(in_features, out_features)`` signature and a positional third
     argument cannot be mistaken for nn.Linear's ``bias``. The mask uses
-    :func:`bernoulli_noise` (same quantisation of p as :func:`dropout`).
+    :func:`bernoulli_noise` (same quantisation of p as :func:`dropout`). Stacked (under
+    vmap), each replica draws its own mask of its own weight with its own ``rate``.
     """
 
     def __init__(self, in_features: int, out_features: int, *, p: float = 0.5, bias: bool = True,
                  mc: bool = False, device=None, dtype=None):
-        # nn.Linear.__init__ runs DropoutLayer.__init__ (next in the MRO) with its defaults
+        # nn.Linear.__init__ runs DropoutLayer.__init__ (next in the MRO) with its defaults,
+        # which registers the buffer ``rate`` before the weights; the setter below refills it
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if device is not None:
+            self.rate = self.rate.to(device)
         self.p = p
         self.mc = bool(mc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.active:
+        if not self.active or (self._p == 0.0 and not self.stacked):
             return F.linear(x, self.weight, self.bias)
-        if self.p == 1.0:
-            return F.linear(x, self.weight * 0.0, self.bias)
-        noise = bernoulli_noise(self.weight.shape, self.p, dtype=self.weight.dtype, device=self.weight.device)
-        return F.linear(x, self.weight * noise, self.bias)
+        weight = _times_bernoulli(self.weight, self.rate if self.stacked else self._p, self.weight.shape,
+                                  "DropConnectLinear")
+        return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         return nn.Linear.extra_repr(self) + ", " + DropoutLayer.extra_repr(self)
@@ -368,24 +479,20 @@ class DropConnectLinear(nn.Linear, DropoutLayer):
 # --------------------------------------------------------------------------------------
 
 
-def spatial_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+def spatial_dropout(x: torch.Tensor, p: float | torch.Tensor = 0.5, training: bool = True) -> torch.Tensor:
     """Channel-wise dropout of conv feature maps (Tompson et al. 2015, "SpatialDropout").
 
     For ``x`` of shape [N, C, *spatial] (1-D [N, C, L] or 2-D [N, C, H, W]):
     ``y[n, c] = x[n, c] * m[n, c] / (1 - p)``, ``m[n, c] ~ Bernoulli(1 - p)``: a whole
     feature map is kept or dropped, because neighbouring activations are strongly
-    correlated and element-wise dropout barely removes information from them.
+    correlated and element-wise dropout barely removes information from them. A 0-d
+    tensor ``p`` takes the vmap-safe path of :func:`bernoulli_noise` (stacked mode).
     """
     if x.dim() < 3:
         raise ValueError(f"spatial dropout needs an input [N, C, *spatial] with at least 3 dims, got shape {tuple(x.shape)}")
-    if p == 0.0 or not training:
+    if not training:
         return x
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"spatial_dropout: p={p} is outside the allowed range [0, 1]")
-    if p == 1.0:
-        return x * 0.0
-    shape = x.shape[:2] + (1,) * (x.dim() - 2)
-    return x * bernoulli_noise(shape, p, dtype=x.dtype, device=x.device)
+    return _times_bernoulli(x, p, x.shape[:2] + (1,) * (x.dim() - 2), "spatial_dropout")
 
 
 class SpatialDropout(DropoutLayer):
@@ -397,9 +504,9 @@ class SpatialDropout(DropoutLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3:
             raise ValueError(f"SpatialDropout needs an input [N, C, *spatial], got shape {tuple(x.shape)}")
-        if self.p == 0.0 or not self.active:
+        if not self.active or (self._p == 0.0 and not self.stacked):
             return x
-        return spatial_dropout(x, self.p, True)
+        return spatial_dropout(x, self.rate if self.stacked else self._p, True)
 
 
 # --------------------------------------------------------------------------------------
@@ -407,20 +514,22 @@ class SpatialDropout(DropoutLayer):
 # --------------------------------------------------------------------------------------
 
 
-def drop_block_gamma(p: float, spatial: Sequence[int], block_size: int) -> float:
+def drop_block_gamma(p: float | torch.Tensor, spatial: Sequence[int], block_size: int) -> float | torch.Tensor:
     """DropBlock's seed rate (Ghiasi et al. 2018, eq. 1; per dimension as in timm).
 
     ``gamma = p / prod(b_d) * prod(S_d) / prod(S_d - b_d + 1)`` with ``b_d =
-    min(block_size, S_d)``: seeds can only fall where a whole block fits (``S_d - b_d + 1``
-    positions per dimension), and the expected number of seeds times the block area is
-    ``p`` times the map size.
+    min(block_size, S_d)``, capped at 1: seeds can only fall where a whole block fits
+    (``S_d - b_d + 1`` positions per dimension), and the expected number of seeds times the
+    block area is ``p`` times the map size. A tensor ``p`` gives a tensor gamma.
     """
     bs = [min(block_size, s) for s in spatial]
     valid = math.prod(s - b + 1 for s, b in zip(spatial, bs))
-    return min(1.0, p * math.prod(spatial) / (math.prod(bs) * valid))
+    gamma = p * (math.prod(spatial) / (math.prod(bs) * valid))
+    return gamma.clamp(max=1.0) if isinstance(gamma, torch.Tensor) else min(1.0, gamma)
 
 
-def drop_block(x: torch.Tensor, p: float = 0.1, block_size: int = 5, training: bool = True) -> torch.Tensor:
+def drop_block(x: torch.Tensor, p: float | torch.Tensor = 0.1, block_size: int = 5, training: bool = True
+               ) -> torch.Tensor:
     """DropBlock (Ghiasi et al. 2018, Algorithm 1) for 1-D [N, C, L] and 2-D [N, C, H, W] maps.
 
     1. the block side is clipped to the map, ``b_d = min(block_size, S_d)``;
@@ -437,13 +546,20 @@ def drop_block(x: torch.Tensor, p: float = 0.1, block_size: int = 5, training: b
     the borders have fewer candidates), e.g. 0.096 at p = 0.1 and 0.265 at p = 0.3
     (b = 5, L = 64). That is the paper's gamma, kept so that results compare with the
     literature. This is timm's ``drop_block_2d`` (its non-"fast" variant), in 1-D and 2-D.
+
+    ``p`` may be a 0-d tensor (stacked mode; not range-checked): the same steps, with a
+    tensor gamma; every op is out of place, so it runs under vmap (per replica, the
+    rescale's "whole batch" is that replica's batch). ``block_size`` stays a Python int.
     """
     if x.dim() not in (3, 4):
         raise ValueError(f"DropBlock takes [N, C, L] or [N, C, H, W] inputs, got shape {tuple(x.shape)}")
-    if p == 0.0 or not training:
+    if not training:
         return x
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"drop_block: p={p} is outside the allowed range [0, 1)")
+    if not isinstance(p, torch.Tensor):
+        if p == 0.0:
+            return x
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"drop_block: p={p} is outside the allowed range [0, 1)")
     spatial = tuple(x.shape[2:])
     gamma = drop_block_gamma(p, spatial, block_size)
     bs = [min(block_size, s) for s in spatial]
@@ -479,9 +595,9 @@ class DropBlock(DropoutLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (3, 4):
             raise ValueError(f"DropBlock takes [N, C, L] or [N, C, H, W] inputs, got shape {tuple(x.shape)}")
-        if self.p == 0.0 or not self.active:
+        if not self.active or (self._p == 0.0 and not self.stacked):
             return x
-        return drop_block(x, self.p, self.block_size, True)
+        return drop_block(x, self.rate if self.stacked else self._p, self.block_size, True)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", block_size={self.block_size}"
@@ -492,22 +608,19 @@ class DropBlock(DropoutLayer):
 # --------------------------------------------------------------------------------------
 
 
-def drop_path(x: torch.Tensor, p: float = 0.1, training: bool = True) -> torch.Tensor:
+def drop_path(x: torch.Tensor, p: float | torch.Tensor = 0.1, training: bool = True) -> torch.Tensor:
     """Stochastic depth per sample (Huang et al. 2016), for a residual branch.
 
     ``y[n] = x[n] * m[n] / (1 - p)``, ``m[n] ~ Bernoulli(1 - p)``: the whole branch output
     of sample n is dropped, so ``x + drop_path(branch(x))`` is the identity for it. The
     1/(1-p) rescale (as in timm) makes the eval-time network the expectation of the
     training one, instead of Huang et al.'s multiplying the branch by (1-p) at test time.
+    A 0-d tensor ``p`` takes the vmap-safe path of :func:`bernoulli_noise` (stacked mode;
+    under vmap, n runs over the replica's own batch).
     """
-    if p == 0.0 or not training:
+    if not training:
         return x
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"drop_path: p={p} is outside the allowed range [0, 1]")
-    if p == 1.0:
-        return x * 0.0
-    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-    return x * bernoulli_noise(shape, p, dtype=x.dtype, device=x.device)
+    return _times_bernoulli(x, p, (x.shape[0],) + (1,) * (x.dim() - 1), "drop_path")
 
 
 class DropPath(DropoutLayer):
@@ -517,9 +630,9 @@ class DropPath(DropoutLayer):
         super().__init__(p, mc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.active:
+        if not self.active or (self._p == 0.0 and not self.stacked):
             return x
-        return drop_path(x, self.p, True)
+        return drop_path(x, self.rate if self.stacked else self._p, True)
 
 
 # --------------------------------------------------------------------------------------
@@ -540,6 +653,6 @@ class Dropped(DropoutLayer):
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         y = self.module(*args, **kwargs)
-        if self.p == 0.0 or not self.active:
+        if not self.active or (self._p == 0.0 and not self.stacked):
             return y
-        return dropout(y, self.p, True)
+        return dropout(y, self.rate if self.stacked else self._p, True)

@@ -80,7 +80,7 @@ from regbench.data.splits import DataSplits
 from regbench.models import build_model
 from regbench.models.resmlp import ResidualBlock
 from regbench.regularizers import Regularization
-from regbench.regularizers.layers import Dropout, GaussianDropout
+from regbench.regularizers.layers import Dropout, DropoutLayer, GaussianDropout
 from regbench.training.loop import cross_entropy, epoch_order
 
 log = logging.getLogger("regbench")
@@ -222,7 +222,9 @@ def _ops(model_name: str, net: nn.Module, input_shape: tuple[int, ...]
     if children != set(order):  # the model changed: refuse rather than guess its forward
         raise NotVectorizable(f"model={model_name} has submodules {sorted(children)}, expected {sorted(order)}")
     ops = [op for name in order for op in convert(getattr(net, name))]
-    if 2 * len(layers) != len(list(net.parameters())) or list(net.buffers()):
+    # a dropout layer's buffer ``rate`` is its ``p`` again (the "drop" op reads p from the layer)
+    buffers = [b for m in net.modules() if not isinstance(m, DropoutLayer) for b in m.buffers(recurse=False)]
+    if 2 * len(layers) != len(list(net.parameters())) or buffers:
         raise NotVectorizable(f"model={model_name} has parameters or buffers outside its linear and conv layers")
     first = layers[0][1]
     if isinstance(first, nn.Linear):
