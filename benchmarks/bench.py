@@ -3,7 +3,10 @@
     1. framework overhead   regbench run (regularizer=none, in process) / plain PyTorch loop,
                             same model, data, seed, batch order, steps and threads; parity checked
     2. dropout step cost    step time with dropout p=0.5 / without, plain loop (ours and torch's)
-    3. replicas             10 seeds stacked in one model / 10 separate runs (seed-steps per second)
+    3. replicas             10 seeds stacked in one model / 10 separate runs (seed-steps per second),
+                            in process for 20 epochs, and as whole commands at the default 170 epochs;
+                            a population of 50 (10 seeds x 5 dropout rates) / a raw batched-matmul loop
+                            of the same 50-replica MLP written here (the ceiling of stacking)
     4. parallel sweep       2 arms x 4 seeds: sequential launcher / joblib launcher (2 jobs x 1 thread)
     5. start-up             `python run.py --help`; a 1-epoch run, its import and set-up seconds
 
@@ -70,6 +73,7 @@ def dropout_cost(repeats: int) -> dict | None:
 
 
 REPLICA_EPOCHS = 20
+POPULATION_EPOCHS = 10
 
 
 def replica_speedup(repeats: int) -> dict | None:
@@ -80,6 +84,84 @@ def replica_speedup(repeats: int) -> dict | None:
     # 20 epochs (700 steps a seed) and at least 5 interleaved repeats: at 5 epochs a stacked group
     # takes ~0.5 s and the ratio moved by +-20% between runs of the benchmark
     return bench_replicas.measure(repeats=max(repeats, 5), epochs=REPLICA_EPOCHS)["cpu"]
+
+
+def stacked_commands(epochs: int) -> dict:
+    """10 seeds of the dropout MLP: one population (replicas=10) / 10 separate runs (a basic-launcher
+    sweep in one process), whole commands, report off."""
+    common = ["regularizer=dropout", f"trainer.max_epochs={epochs}", "trainer.progress_every=0", "trainer.threads=1",
+              "~hydra.callbacks.report"]
+    with tempfile.TemporaryDirectory() as d:
+        separate, _ = timed([sys.executable, "run.py", "-m", "hydra/launcher=basic", "seed=range(10)", *common,
+                             f"runs_root={d}"])
+    with tempfile.TemporaryDirectory() as d:
+        stacked, _ = timed([sys.executable, "run.py", "replicas=10", *common, f"runs_root={d}"])
+    return {"separate": separate, "stacked": stacked, "ratio": separate / stacked, "epochs": epochs}
+
+
+def raw_population(x, y, ps, epochs: int, batch_size: int = 100) -> tuple[float, int]:
+    """The ceiling: the 50-replica MNIST-1D MLP (40-100-100-10, ReLU, dropout after each hidden layer at
+    replica i's rate ps[i]) as hand-written baddbmm calls, fused Adam, each replica its own batch order.
+    Returns (training seconds, seed-steps)."""
+    import torch
+    import torch.nn.functional as F
+
+    S, n = len(ps), len(y)
+    g = torch.Generator().manual_seed(0)
+    dims = [x.shape[1], 100, 100, 10]
+    W = [(torch.randn(S, o, i, generator=g) / i ** 0.5).requires_grad_() for i, o in zip(dims, dims[1:])]
+    b = [torch.zeros(S, o, 1, requires_grad=True) for o in dims[1:]]
+    opt = torch.optim.Adam(W + b, lr=0.01, fused=True)
+    p = torch.tensor(ps).view(S, 1, 1)
+    scale = 1 / (1 - p)
+    steps = 0
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        orders = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(s * 1000 + epoch))
+                              for s in range(S)])
+        for idx in orders.split(batch_size, dim=1):
+            h = x[idx].transpose(1, 2)                     # [S, features, B]: the fast layout on CPU
+            yb = y[idx]
+            for k in range(3):
+                h = torch.baddbmm(b[k], W[k], h)
+                if k < 2:
+                    h = h.relu() * ((torch.rand_like(h) >= p) * scale)
+            loss = F.cross_entropy(h, yb, reduction="none").mean(1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += S
+    return time.perf_counter() - t0, steps
+
+
+def population_vs_raw(epochs: int) -> dict:
+    """A population of 50 (seeds 0..9 x dropout p 0.1..0.5) through regbench (app.train_population,
+    training loop incl. its per-epoch validation) / the raw loop above, seed-steps per second."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from regbench.app import train_population
+    from regbench.config import validate
+
+    torch.set_num_threads(1)
+    ps = [0.1, 0.2, 0.3, 0.4, 0.5]
+    cfg = compose(["regularizer=dropout", f"trainer.max_epochs={epochs}", "trainer.progress_every=0",
+                   "trainer.threads=1", "logger=csv"])
+    cfgs = [OmegaConf.merge(cfg, {"seed": s, "regularizer": {"dropout": {"p": p}}}) for p in ps for s in range(10)]
+    rcs = [validate(c) for c in cfgs]
+    with tempfile.TemporaryDirectory() as d:
+        dirs = [Path(d) / str(i) for i in range(len(cfgs))]
+        for q in dirs:
+            q.mkdir()
+        recs = train_population(cfgs, rcs, dirs, label="bench")
+    ours = sum(r["steps"] for r in recs) / recs[0]["extra"]["population_train_seconds"]
+    from regbench.data import build_data
+
+    data = build_data("mnist1d", **{k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "name"})
+    raw_s, raw_steps = raw_population(data.x_train, data.y_train, [p for p in ps for _ in range(10)], epochs)
+    raw = raw_steps / raw_s
+    return {"ours": ours, "raw": raw, "ratio": ours / raw, "epochs": epochs}
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -146,6 +228,8 @@ def main() -> None:
     fw = framework_overhead(args.repeats, args.epochs)
     dc = dropout_cost(args.repeats)
     rp = replica_speedup(args.repeats)
+    sc = stacked_commands(args.sweep_epochs)
+    pr = population_vs_raw(POPULATION_EPOCHS)
     sw = sweep_speedup(args.sweep_epochs)
     st = startup()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, torch threads 1"
@@ -166,8 +250,12 @@ def main() -> None:
     if rp:
         lines += [f"| replicas: 10 stacked seeds / 10 separate runs, {REPLICA_EPOCHS} epochs, seed-steps/s, `{arm}` "
                   f"(whole call) | "
-                  f"{v['ratio_wall']:.2f}x | >= 3x |" for arm, v in rp.items()]
+                  f"{v['ratio_wall']:.2f}x | |" for arm, v in rp.items()]
     lines += [
+        f"| replicas: 10 stacked seeds / 10 separate runs, whole commands, {sc['epochs']} epochs, `dropout`: "
+        f"separate {sc['separate']:.1f} s / stacked {sc['stacked']:.1f} s | {sc['ratio']:.2f}x | >= 3.5x |",
+        f"| population of 50 (10 seeds x 5 dropout rates) / raw batched-matmul loop, seed-steps/s, "
+        f"{pr['epochs']} epochs | {pr['ratio']:.2f}x ({pr['ours']:.0f} vs {pr['raw']:.0f}) | >= 0.8x |",
         f"| parallel sweep speed-up, 2 arms x 4 seeds x {args.sweep_epochs} epochs: sequential {sw['sequential']:.1f} s"
         f" / joblib (2 jobs x 1 thread) {sw['joblib']:.1f} s | {sw['speedup']:.2f}x | >= 1.7x |",
         f"| start-up: `python run.py --help` | {st['help_seconds']:.2f} s | |",

@@ -7,7 +7,7 @@
 
 1. S seeds of one arm on the default MNIST-1D MLP, one torch thread, on ``--device`` (CPU by default):
    * separate: S calls of ``app.train`` (Lightning, the path every run takes today), seeds 0..S-1;
-   * stacked:  one call of ``training.replicas.train_from_config`` with the same S seeds.
+   * stacked:  one call of ``app.train_population`` with the same S seeds (one population).
    Both produce the same records (data, model, final evaluation, mechanism measures included).
    "call" times the whole call (set-up, training, final evaluation); "loop" only the training
    loop (``train_seconds``: the epochs with their validation). The runs are interleaved, repeat
@@ -64,13 +64,24 @@ def _separate(arm: str, epochs: int, seeds: list[int], extra: tuple[str, ...] = 
 
 
 def _stacked(arm: str, epochs: int, seeds: list[int], extra: tuple[str, ...] = ()) -> dict:
-    from regbench.training.replicas import train_from_config
+    from omegaconf import OmegaConf
 
-    rc, dk, mk = _config(arm, epochs, 0, extra)
-    t, c = time.perf_counter(), time.process_time()
-    recs = train_from_config(rc, seeds, dk, mk)
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
-    return {"wall": wall, "cpu": cpu, "loop": recs[0]["extra"]["stacked_train_seconds"],
+    from conftest import compose
+    from regbench.app import train_population
+    from regbench.config import validate
+
+    cfg = compose([f"regularizer={arm}", f"trainer.max_epochs={epochs}", "trainer.progress_every=0",
+                   "trainer.threads=1", *extra])
+    cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
+    rcs = [validate(c) for c in cfgs]
+    with tempfile.TemporaryDirectory() as d:
+        dirs = [Path(d) / str(s) for s in seeds]
+        for p in dirs:
+            p.mkdir()
+        t, c = time.perf_counter(), time.process_time()
+        recs = train_population(cfgs, rcs, dirs, label="bench")
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return {"wall": wall, "cpu": cpu, "loop": recs[0]["extra"]["population_train_seconds"],
             "steps": sum(r["steps"] for r in recs)}
 
 

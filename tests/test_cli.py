@@ -211,7 +211,7 @@ def test_replicas_write_one_ordinary_record_per_seed_and_pool_with_separate_runs
     assert r.returncode == 0, r.stderr[-3000:]
     recs = records(tmp_path)
     assert sorted(x["seed"] for x in recs.values()) == [0, 1, 2]
-    assert all(x["status"] == "ok" and x["extra"]["engine"] == "stacked" for x in recs.values())
+    assert all(x["status"] == "ok" and x["extra"]["engine"] == "population" for x in recs.values())
     assert len({x["metrics"]["test/acc"] for x in recs.values()}) > 1  # each replica its own seed
     separate = cli("seed=0", "regularizer=dropout", *tiny(), f"runs_root={tmp_path}")
     assert separate.returncode == 0

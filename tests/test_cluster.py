@@ -196,7 +196,7 @@ def test_a_group_of_stacked_seeds_goes_out_as_one_slurm_job(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     recs = records(tmp_path).values()
     assert sorted(x["seed"] for x in recs) == [0, 1, 2, 3]
-    assert all(x["status"] == "ok" and x["extra"]["engine"] == "stacked" for x in recs)
+    assert all(x["status"] == "ok" and x["extra"]["engine"] == "population" for x in recs)
     assert len({x["extra"]["pid"] for x in recs}) == 1  # one process wrote the four records...
     sweep = tmp_path / "default"
     (job,) = submitted_jobs(sweep)  # ... in the one SLURM job submitted

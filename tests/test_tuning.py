@@ -85,7 +85,7 @@ def test_a_tiny_tuned_sweep_writes_its_records_studies_and_report(tmp_path):
     tune = [x for x in recs if role(x) == "tune"]
     final = [x for x in recs if role(x) == "final"]
     assert len(tune) == 2 * 3 * 2 and len(final) == 2 * 3 and len(recs) == 18
-    assert all(x["status"] == "ok" and x["extra"]["engine"] == "stacked" for x in recs)
+    assert all(x["status"] == "ok" and x["extra"]["engine"] == "population" for x in recs)
     assert {x["seed"] for x in tune} == {0, 1} and {x["seed"] for x in final} == {1200, 1201, 1202}
     assert len({x["group_hash"] for x in final}) == 1  # the arms' final runs form one comparison
     assert not {x["group_hash"] for x in final} & {x["group_hash"] for x in tune}
