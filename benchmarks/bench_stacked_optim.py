@@ -29,8 +29,10 @@ def stacked_mlp(S: int) -> dict[str, torch.Tensor]:
 
 
 def plain_adam(params, lr, wd, decay, b1=0.9, b2=0.999, eps=1e-8):
-    """The same update, one Python call per op and tensor (the alternative to torch._foreach_*)."""
-    state = {n: {"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)} for n, p in params.items()}
+    """The same update and scratch buffers, one Python call per op and tensor (the alternative to
+    torch._foreach_*)."""
+    state = {n: {"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p), "g": torch.empty_like(p),
+                 "d": torch.empty_like(p)} for n, p in params.items()}
     lr64 = lr.double()
 
     @torch.no_grad()
@@ -39,12 +41,13 @@ def plain_adam(params, lr, wd, decay, b1=0.9, b2=0.999, eps=1e-8):
             s, g = state[n], p.grad
             shape = (-1, *[1] * (p.dim() - 1))
             if n in decay:
-                g = g.addcmul(wd.view(shape), p)
+                g = torch.addcmul(g, wd.view(shape), p, out=s["g"])
             s["step"] += 1
             s["m"].lerp_(g, 1 - b1)
             s["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (s["v"].sqrt() / (1 - b2 ** s["step"]) ** 0.5).add_(eps)
-            p.addcdiv_(s["m"] * (-lr64 / (1 - b1 ** s["step"])).float().view(shape), denom)
+            denom = torch.sqrt(s["v"], out=s["d"]).div_((1 - b2 ** s["step"]) ** 0.5).add_(eps)
+            scaled = torch.mul(s["m"], (-lr64 / (1 - b1 ** s["step"])).float().view(shape), out=s["g"])
+            p.addcdiv_(scaled, denom)
     return step
 
 
