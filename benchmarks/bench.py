@@ -158,7 +158,7 @@ def population_vs_raw(epochs: int) -> dict:
     ours = sum(r["steps"] for r in recs) / recs[0]["extra"]["population_train_seconds"]
     from regbench.data import build_data
 
-    data = build_data("mnist1d", **{k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "name"})
+    data = build_data("mnist1d", **{k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "name"})
     raw_s, raw_steps = raw_population(data.x_train, data.y_train, [p for p in ps for _ in range(10)], epochs)
     raw = raw_steps / raw_s
     return {"ours": ours, "raw": raw, "ratio": ours / raw, "epochs": epochs}
