@@ -221,10 +221,14 @@ def test_replicas_write_one_ordinary_record_per_seed_and_pool_with_separate_runs
     again = cli("replicas=3", "regularizer=dropout", *tiny(), f"runs_root={tmp_path}")
     assert "all 3 records say ok" in again.stderr
 
-    fallback = cli("replicas=2", "model=cnn1d", "regularizer=spatial_dropout", *tiny(), f"runs_root={tmp_path / 'cnn'}")
-    assert fallback.returncode == 0
-    assert "falling back to separate runs: SpatialDropout in the conv slot" in fallback.stderr
+    stacked = cli("replicas=2", "model=cnn1d", "regularizer=spatial_dropout", *tiny(), f"runs_root={tmp_path / 'cnn'}")
+    assert stacked.returncode == 0 and "2 replicas in one population" in stacked.stderr  # every arm stacks
     recs = records(tmp_path / "cnn").values()
+    assert sorted(x["seed"] for x in recs) == [0, 1] and all(x["extra"]["engine"] == "population" for x in recs)
+    fallback = cli("replicas=2", "trainer.checkpoint_every=1", *tiny(), f"runs_root={tmp_path / 'ckpt'}")
+    assert fallback.returncode == 0
+    assert "training separately: trainer.checkpoint_every > 0" in fallback.stderr
+    recs = records(tmp_path / "ckpt").values()
     assert sorted(x["seed"] for x in recs) == [0, 1] and all("engine" not in x["extra"] for x in recs)
 
 

@@ -239,7 +239,8 @@ def run_replicas(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
     seeds = [rc.seed + k for k in range(rc.replicas)]
     cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
     dirs = [run_dir.parent / run_id(c) for c in cfgs]
-    return _worst(run_group(cfgs, dirs, label=run_dir.name, keep_whole=True))
+    rcs = [replace(rc, seed=s) for s in seeds]  # validated as a group (seed a multiple of replicas) above
+    return _worst(run_group(cfgs, dirs, label=run_dir.name, keep_whole=True, rcs=rcs))
 
 
 def population_refusal(rc: RunConfig) -> str | None:
@@ -256,7 +257,8 @@ def population_refusal(rc: RunConfig) -> str | None:
     return None
 
 
-def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: bool = False) -> list[str]:
+def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: bool = False,
+              rcs: list[RunConfig] | None = None) -> list[str]:
     """Train `cfgs` (task configs that differ only in engine.stackable.STACKABLE_KEYS), writing each
     one's ordinary record into its folder `dirs[i]`: as one population when the engine can, else
     separately (with a log line naming why). Records already ok are skipped (force=true reruns
@@ -264,12 +266,13 @@ def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: 
     always the whole group, and only the records not yet ok are written. Returns each config's
     status (ok, diverged, collapsed, failed, skipped, busy, rejected), in order."""
     status = ["skipped"] * len(cfgs)
-    rcs = []
-    for c, d in zip(cfgs, dirs):
-        try:
-            rcs.append(validate(c))
-        except ConfigError as e:
-            return [_reject(e, d)] * len(cfgs)
+    if rcs is None:
+        rcs = []
+        for c, d in zip(cfgs, dirs):
+            try:
+                rcs.append(validate(c))
+            except ConfigError as e:
+                return [_reject(e, d)] * len(cfgs)
     todo = [i for i, d in enumerate(dirs) if rcs[i].force or not _is_done(d)]
     if not todo:
         log.info("skipping %s..%s: all %d records say ok (force=true reruns them)", dirs[0].name, dirs[-1].name,
