@@ -559,3 +559,15 @@ def test_dropconnect_weight_gradient_is_each_replicas_own_mask():
         noise = y[i, :30].detach().T / layer.weight.detach()
         torch.testing.assert_close(grad[i], 2 * noise)
         assert set(torch.round(noise * (1 - f32(p)), decimals=4).unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rates_follow_the_layers_to_cuda_and_a_population_runs_there():
+    layers = [Dropout(p).to("cuda") for p in RATES]
+    assert all(layer.rate.device.type == "cuda" for layer in layers)
+    assert DropConnectLinear(4, 3, p=0.2, device="cuda").rate.device.type == "cuda"
+    y = Population(layers)(torch.ones(200, 100, device="cuda"))
+    n = y[0].numel()
+    for i, p in enumerate(RATES):
+        frac = (y[i] == 0).double().mean().item()
+        assert abs(frac - p) / math.sqrt(p * (1 - p) / n) < z_crit(len(RATES)), f"replica {i}: dropped {frac:.4f}"
