@@ -27,14 +27,21 @@ stacked, it becomes an [S] tensor of which each replica sees its own 0-d slice.
 
 With ``layer.stacked = True`` (see :func:`set_stacked`) ``forward`` passes ``self.rate``
 instead of the float ``p`` to its function, and every function here takes a tensor ``p``
-too. That path is vmap-safe: its noise is drawn out of place from uniforms
-(``torch.rand``/``rand_like``, ``randn_like``; ``random_`` on a fresh tensor is refused
-under vmap's ``randomness="different"``), and it has no Python branch on the rate's value
-(``p = 0`` and ``p = 1`` come out of the arithmetic: identity, zeros). Its Bernoulli masks
-are ``u >= p`` for ``u ~ U[0, 1)`` in float32, so the drop rate is ``p`` up to float32's
-2**-24 instead of the packed-bits quantisation below. Whether the layer is active stays
-the Python bool ``self.training or self.mc``. With ``stacked = False`` (the default, for
-single runs) nothing changes: the float ``p`` and the packed-bits masks below.
+too. That path is vmap-safe: its noise is drawn out of place (``torch.rand(shape)``,
+``torch.randn_like``, which vmap draws afresh for every replica; the packed-bits path's
+in-place ``random_`` on a fresh, unbatched tensor is refused under
+``randomness="different"``), and it has no Python branch on the rate's value (``p = 0``
+and ``p = 1`` come out of the arithmetic: identity, zeros). Its Bernoulli masks are
+``u >= p`` for ``u ~ U[0, 1)`` in float32, so the drop rate is ``p`` up to float32's
+2**-24 instead of the packed-bits quantisation below, at the cost of one float32 draw per
+unit. Whether the layer is active stays the Python bool ``self.training or self.mc`` of
+the module that runs (the ``base`` of ``functional_call``). With ``stacked = False`` (the
+default, for single runs) nothing changes: the float ``p`` and the packed-bits masks below.
+
+Once stacked, the stacked ``rate`` buffers are what the replicas use: a schedule that
+changes rates must write them (``buffers["...rate"][i]``), since ``layer.p`` on a replica
+only refills that replica's own, no longer used, buffer. Like any floating buffer, ``rate``
+follows ``model.to(dtype)`` (``model.half()`` rounds it to float16).
 
 Fast Bernoulli masks
 --------------------
