@@ -1,0 +1,158 @@
+"""The stacking launcher (hydra/launcher=regbench): a sweep's compatible jobs train as one population.
+
+Most tests run the real command line with a stand-in for `regbench.app.run_group`
+(tests/stacking/sitecustomize.py: it records each call and writes records, training nothing) and a
+probe callback (tests/stacking/probe.py) that logs every JobReturn the sweep's callbacks get: the
+launcher's grouping, folders, Hydra jobs, statuses, objectives and exit status are real. The test
+marked `engine` trains a real population; it is skipped until regbench.engine.optim is importable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cli, compose
+
+FAKE = ROOT / "tests" / "stacking"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def sweep(tmp_path: Path, *args: str, status: str = "", fake: bool = True):
+    """`python run.py -m hydra/launcher=regbench ARGS` with the stand-in run_group (when `fake`) and
+    the probe; returns (process, run_group calls, ended jobs by run folder name)."""
+    groups, probe = tmp_path / "groups.jsonl", tmp_path / "probe.jsonl"
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(FAKE), os.environ.get("PYTHONPATH")) if p),
+           "REGBENCH_TEST_PROBE": str(probe), "REGBENCH_TEST_GROUP_STATUS": status}
+    if fake:
+        env["REGBENCH_TEST_GROUPS"] = str(groups)
+    r = cli("-m", "hydra/launcher=regbench", "+hydra.callbacks.probe._target_=probe.Probe", "~hydra.callbacks.report",
+            "trainer.max_epochs=1", "trainer.progress_every=0", *args, f"runs_root={tmp_path / 'runs'}", env=env)
+    ends = [e for e in _jsonl(probe) if e["event"] == "end"]
+    by_run = {e["run"]: e for e in ends}
+    assert len(by_run) == len(ends), "a job was reported twice"
+    return r, _jsonl(groups), by_run
+
+
+def record_config(run_dir: str) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())["config"]
+
+
+def test_jobs_differing_only_in_stackable_keys_share_one_run_group_call_with_their_own_folders(tmp_path):
+    r, calls, jobs = sweep(tmp_path, "regularizer=dropout", "model=mlp,resmlp", "trainer.max_epochs=1,2",
+                           "regularizer.dropout.p=0.1,0.3", "seed=0,1", status="1=diverged")
+    assert r.returncode == 0, r.stderr[-3000:]  # a diverged run is not a failure
+    # model and max_epochs split populations; seed and p do not: 4 populations of 4 jobs
+    assert len(calls) == 4 and all(len(c["dirs"]) == 4 and not c["keep_whole"] for c in calls)
+    for c in calls:
+        configs = [record_config(d) for d in c["dirs"]]
+        assert len({(x["model"]["name"], x["trainer"]["max_epochs"]) for x in configs}) == 1
+        assert sorted((x["seed"], x["regularizer"]["dropout"]["p"]) for x in configs) == [
+            (0, 0.1), (0, 0.3), (1, 0.1), (1, 0.3)]
+    # each job's folder is the one Hydra names for it (its run id), given to run_group exactly once
+    folders = [Path(d) for c in calls for d in c["dirs"]]
+    assert sorted(d.name for d in folders) == sorted(jobs) and len(set(folders)) == 16
+    assert all(d.parent == tmp_path / "runs" / "default" for d in folders)
+    # one JobReturn per job with its own status and objective (protocol.metric of its record)
+    assert sorted(e["num"] for e in jobs.values()) == list(range(16))
+    for d in folders:
+        job, cfg = jobs[d.name], record_config(str(d))
+        assert job["job_status"] == "COMPLETED" and job["seed"] == cfg["seed"]
+        if cfg["seed"] == 1:
+            assert job["status"] == "diverged" and job["objective"] is None
+        else:
+            assert job["status"] == "ok" and job["objective"] == pytest.approx(cfg["regularizer"]["dropout"]["p"])
+    assert "sweep finished: 16 runs: 8 ok, 8 diverged" in r.stderr
+    assert "sweep progress: 16/16 runs done" in r.stderr
+
+
+def test_max_population_cuts_a_group_in_sweep_order(tmp_path):
+    r, calls, jobs = sweep(tmp_path, "hydra.launcher.max_population=4", "optim.lr=0.001,0.01", "seed=0,1,2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [len(c["dirs"]) for c in calls] == [4, 2]  # lr differs too: all six share one group key
+    assert [(s, record_config(d)["optim"]["lr"]) for c in calls for s, d in zip(c["seeds"], c["dirs"])] == [
+        (0, 0.001), (1, 0.001), (2, 0.001), (0, 0.01), (1, 0.01), (2, 0.01)]
+    assert len(jobs) == 6 and {e["status"] for e in jobs.values()} == {"ok"}
+
+
+def test_an_invalid_job_is_rejected_alone_and_the_sweep_exits_1(tmp_path):
+    r, calls, jobs = sweep(tmp_path, "regularizer=dropout", "regularizer.dropout.p=0.2,1.5,0.3")
+    assert r.returncode == 1
+    assert "regularizer.dropout.p=1.5 is out of range: allowed [0, 1)" in r.stderr
+    assert len(calls) == 1 and [record_config(d)["regularizer"]["dropout"]["p"] for d in calls[0]["dirs"]] == [0.2, 0.3]
+    assert sorted(e["status"] for e in jobs.values()) == ["ok", "ok", "rejected"]
+    assert "2 ok, 1 rejected (invalid config)" in r.stderr
+    assert not [p for p in (tmp_path / "runs" / "default").iterdir() if "p1.5" in p.name]  # no folder left
+
+
+def test_replica_jobs_are_not_grouped_with_each_other(tmp_path):
+    # replicas=2 jobs are populations already: each is one job through app.run (run_replicas -> run_group whole)
+    r, calls, jobs = sweep(tmp_path, "replicas=2", "seed=0,2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(c["seeds"] for c in calls) == [[0, 1], [2, 3]] and all(c["keep_whole"] for c in calls)
+    assert len(jobs) == 2
+
+
+def test_parallel_workers_each_train_a_population(tmp_path):
+    r, calls, jobs = sweep(tmp_path, "hydra.launcher.n_jobs=2", "seed=0,1,2,3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    # four stackable jobs on two workers: two populations of two, in two worker processes
+    assert sorted(c["seeds"] for c in calls) == [[0, 1], [2, 3]]
+    assert len({c["pid"] for c in calls}) == 2
+    assert len(jobs) == 4 and "sweep finished: 4 runs: 4 ok" in r.stderr
+
+
+def test_stack_key_groups_stackable_differences_and_leaves_tuned_replicas_and_invalid_jobs_alone():
+    from hydra_plugins.regbench_launcher.stacking_launcher import stack_key
+
+    base = stack_key(compose(["regularizer=dropout"]))
+    assert base is not None
+    for same in (["seed=3"], ["regularizer.dropout.p=0.2"], ["optim.lr=0.003"], ["regularizer.dropout.input_p=0.2"]):
+        assert stack_key(compose(["regularizer=dropout", *same])) == base, same
+    for other in (["model=resmlp"], ["trainer.max_epochs=7"], ["optim.batch_size=64"], ["data.train_size=500"]):
+        assert stack_key(compose(["regularizer=dropout", *other])) not in (None, base), other
+    for alone in (["protocol=tuned"], ["replicas=2"], ["regularizer.dropout.p=1.5"]):
+        assert stack_key(compose(["regularizer=dropout", *alone])) is None, alone
+    # a tuned protocol's trial (a role is set) is an ordinary run and may stack
+    assert stack_key(compose(["regularizer=dropout", "protocol=tuned", "+protocol.role=final"])) is not None
+
+
+def test_plan_units_keeps_sweep_order_caps_groups_and_fills_workers():
+    from hydra_plugins.regbench_launcher.stacking_launcher import plan_units
+
+    keys = ["a", "b", "a", None, "a", "b", "a"]
+    assert plan_units(keys, 64) == [[0, 2, 4, 6], [1, 5], [3]]
+    assert plan_units(keys, 3) == [[0, 2, 4], [1, 5], [3], [6]]
+    assert plan_units(["a"] * 4, 64, workers=2) == [[0, 1], [2, 3]]
+    assert plan_units(["a"] * 5, 64, workers=3) == [[0, 1], [2], [3, 4]]
+    assert plan_units(["a", None], 64, workers=4) == [[0], [1]]  # never more units than jobs
+
+
+ENGINE = importlib.util.find_spec("regbench.engine.optim") is not None
+
+
+@pytest.mark.engine
+@pytest.mark.skipif(not ENGINE, reason="the population engine (regbench.engine.optim, StackedOptimizer) is not "
+                                       "merged yet: enable by merging it")
+def test_the_default_multirun_trains_one_population_with_one_ordinary_record_per_job(tmp_path):
+    root = tmp_path / "runs"
+    r = cli("-m", "regularizer=dropout", "regularizer.dropout.p=0.1,0.3", "seed=0,1", "trainer.max_epochs=1",
+            "trainer.progress_every=0", f"runs_root={root}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = {p.parent.name: json.loads(p.read_text()) for p in root.rglob("results.json")}
+    assert sorted((x["seed"], x["config"]["regularizer"]["dropout"]["p"]) for x in recs.values()) == [
+        (0, 0.1), (0, 0.3), (1, 0.1), (1, 0.3)]
+    assert all(x["status"] == "ok" and x["extra"].get("engine") == "stacked" for x in recs.values())
+    assert all(name == x["run_id"] for name, x in recs.items())  # each in the folder Hydra names for its job
+    assert len({x["extra"]["pid"] for x in recs.values()}) == 1  # one process trained them
+    assert "4 jobs as one population" in r.stderr and "sweep finished: 4 runs: 4 ok" in r.stderr
+    again = cli("-m", "regularizer=dropout", "regularizer.dropout.p=0.1,0.3", "seed=0,1", "trainer.max_epochs=1",
+                "trainer.progress_every=0", f"runs_root={root}")
+    assert again.returncode == 0 and "sweep finished: 4 runs: 4 skipped (already ok)" in again.stderr
