@@ -156,3 +156,33 @@ def test_the_default_multirun_trains_one_population_with_one_ordinary_record_per
     again = cli("-m", "regularizer=dropout", "regularizer.dropout.p=0.1,0.3", "seed=0,1", "trainer.max_epochs=1",
                 "trainer.progress_every=0", f"runs_root={root}")
     assert again.returncode == 0 and "sweep finished: 4 runs: 4 skipped (already ok)" in again.stderr
+
+
+def test_run_group_trains_the_runs_it_can_claim_and_leaves_a_held_one_busy(tmp_path, monkeypatch):
+    """Two sweeps that overlap (seed=0,1,2 and seed=2,3,4): a group whose one run another process
+    holds trains the others, and reports only that one busy (it is the other sweep's to write)."""
+    from omegaconf import OmegaConf
+
+    from regbench import app
+    from regbench.naming import run_id
+    from regbench.rundir import RunLock
+
+    trained = []
+
+    def fake_population(cfgs, rcs, dirs, label):  # no engine needed: the bookkeeping is the point
+        trained.append([int(c.seed) for c in cfgs])
+        return [{"status": "ok", "metrics": {"test/acc": 0.9, "train/acc": 0.9}} for _ in cfgs]
+
+    monkeypatch.setattr(app, "train_population", fake_population)
+    base = compose(["trainer.max_epochs=1", f"runs_root={tmp_path}"])
+    cfgs = [OmegaConf.merge(base, {"seed": s}) for s in (0, 1, 2)]
+    dirs = [tmp_path / "default" / run_id(c) for c in cfgs]
+    dirs[1].mkdir(parents=True)
+    other = RunLock(dirs[1])
+    assert other.acquire()
+    try:
+        assert app.run_group(cfgs, dirs, label="test") == ["ok", "busy", "ok"]
+    finally:
+        other.release()
+    assert trained == [[0, 2]]
+    assert [(d / "results.json").exists() for d in dirs] == [True, False, True]
