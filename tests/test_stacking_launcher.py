@@ -135,6 +135,21 @@ def test_plan_units_keeps_sweep_order_caps_groups_and_fills_workers():
     assert plan_units(["a", None], 64, workers=4) == [[0], [1]]  # never more units than jobs
 
 
+def test_multirun_defaults_to_the_stacking_launcher():
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.plugins import Plugins
+
+    from regbench.naming import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    assert target == "hydra_plugins.regbench_launcher.stacking_launcher.StackingLauncher"
+    assert target in Plugins.instance().class_name_to_class  # Hydra found the plugin
+    assert cfg.hydra.launcher.max_population == 64 and cfg.hydra.launcher.n_jobs == 1
+
+
 ENGINE = importlib.util.find_spec("regbench.engine.optim") is not None
 
 
