@@ -25,15 +25,15 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def sweep(tmp_path: Path, *args: str, status: str = "", fake: bool = True):
-    """`python run.py -m hydra/launcher=regbench ARGS` with the stand-in run_group (when `fake`) and
+def sweep(tmp_path: Path, *args: str, status: str = "", fake: bool = True, launcher: str = "regbench"):
+    """`python run.py -m hydra/launcher=LAUNCHER ARGS` with the stand-in run_group (when `fake`) and
     the probe; returns (process, run_group calls, ended jobs by run folder name)."""
     groups, probe = tmp_path / "groups.jsonl", tmp_path / "probe.jsonl"
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(FAKE), os.environ.get("PYTHONPATH")) if p),
            "REGBENCH_TEST_PROBE": str(probe), "REGBENCH_TEST_GROUP_STATUS": status}
     if fake:
         env["REGBENCH_TEST_GROUPS"] = str(groups)
-    r = cli("-m", "hydra/launcher=regbench", "+hydra.callbacks.probe._target_=probe.Probe", "~hydra.callbacks.report",
+    r = cli("-m", f"hydra/launcher={launcher}", "+hydra.callbacks.probe._target_=probe.Probe", "~hydra.callbacks.report",
             "trainer.max_epochs=1", "trainer.progress_every=0", *args, f"runs_root={tmp_path / 'runs'}", env=env)
     ends = [e for e in _jsonl(probe) if e["event"] == "end"]
     by_run = {e["run"]: e for e in ends}
@@ -201,3 +201,27 @@ def test_run_group_trains_the_runs_it_can_claim_and_leaves_a_held_one_busy(tmp_p
         other.release()
     assert trained == [[0, 2]]
     assert [(d / "results.json").exists() for d in dirs] == [True, False, True]
+
+
+def test_a_group_trained_separately_unlocks_each_run_when_it_is_written(tmp_path, monkeypatch):
+    """A group the engine refuses (say trainer.checkpoint_every) trains its runs one after another:
+    each finished run is unlocked at once, so a sweep killed during a later one leaves no stale lock."""
+    from omegaconf import OmegaConf
+
+    from regbench import app
+    from regbench.naming import run_id
+    from regbench.rundir import LOCK_FILE
+
+    locked_while_training = []
+
+    def fake_run(cfg, rc, run_dir, data=None):
+        locked_while_training.append(sorted(d.name for d in dirs if (d / LOCK_FILE).exists()))
+        return "ok"
+
+    monkeypatch.setattr(app, "population_refusal", lambda rc: "test: trained separately")
+    monkeypatch.setattr(app, "_run_locked", fake_run)
+    base = compose(["trainer.max_epochs=1", f"runs_root={tmp_path}"])
+    cfgs = [OmegaConf.merge(base, {"seed": s}) for s in (0, 1, 2)]
+    dirs = [tmp_path / "default" / run_id(c) for c in cfgs]
+    assert app.run_group(cfgs, dirs, label="test") == ["ok", "ok", "ok"]
+    assert locked_while_training == [[d.name for d in dirs[k:]] for k in range(3)]

@@ -304,8 +304,12 @@ def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: 
         if why is not None:
             if why != "one run":
                 log.info("%s: training separately: %s", label, why)
+            for lock, i in zip(locks, locked):
+                if i not in todo:  # not written here: a kill during the others leaves no stale lock in it
+                    lock.release()
             for i in todo:
                 status[i] = _run_locked(cfgs[i], rcs[i], dirs[i])
+                locks[locked.index(i)].release()  # as a separate run: done, unlocked
             return status
         for i in members:
             handler = logging.FileHandler(dirs[i] / "run.log")
