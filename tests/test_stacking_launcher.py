@@ -203,6 +203,30 @@ def test_run_group_trains_the_runs_it_can_claim_and_leaves_a_held_one_busy(tmp_p
     assert [(d / "results.json").exists() for d in dirs] == [True, False, True]
 
 
+def test_on_slurm_each_population_is_one_job(tmp_path, monkeypatch):
+    """hydra/launcher=slurm with max_population > 1, through a stand-in for SLURM that runs each
+    submitted task at once in the sweep's process (tests/stacking/sitecustomize.py)."""
+    monkeypatch.setenv("REGBENCH_TEST_FAKE_SLURM", str(tmp_path / "slurm.jsonl"))
+    r, calls, jobs = sweep(tmp_path, "hydra.launcher.max_population=64",
+                           "regularizer=dropout", "regularizer.dropout.p=0.1,0.2", "seed=0,1,2", "model=mlp,resmlp",
+                           status="2=diverged", launcher="slurm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _jsonl(tmp_path / "slurm.jsonl") == [{"tasks": 2, "fn": "UnitJob"}]  # one array, a task per population
+    assert sorted(len(c["dirs"]) for c in calls) == [6, 6]
+    assert sorted(Path(d).name for c in calls for d in c["dirs"]) == sorted(jobs)
+    assert sorted(e["status"] for e in jobs.values()) == ["diverged"] * 4 + ["ok"] * 8
+    again = cli("-m", "hydra/launcher=slurm", "hydra.launcher.max_population=64", "regularizer=dropout",
+                "regularizer.dropout.p=0.1,0.2", "seed=0,1,2", "model=mlp,resmlp", "trainer.max_epochs=1",
+                "trainer.progress_every=0", "~hydra.callbacks.report", f"runs_root={tmp_path / 'runs'}",
+                env={"PYTHONPATH": os.pathsep.join(p for p in (str(FAKE), os.environ.get("PYTHONPATH")) if p),
+                     "REGBENCH_TEST_GROUPS": str(tmp_path / "again.jsonl"),
+                     "REGBENCH_TEST_FAKE_SLURM": str(tmp_path / "slurm.jsonl")})
+    assert again.returncode == 0, again.stderr[-3000:]
+    # the ok records are not submitted again; the diverged ones are (a rerun redoes what is not ok)
+    assert _jsonl(tmp_path / "slurm.jsonl")[1:] == [{"tasks": 2, "fn": "UnitJob"}]
+    assert sorted(len(c["dirs"]) for c in _jsonl(tmp_path / "again.jsonl")) == [2, 2]
+
+
 def test_a_group_trained_separately_unlocks_each_run_when_it_is_written(tmp_path, monkeypatch):
     """A group the engine refuses (say trainer.checkpoint_every) trains its runs one after another:
     each finished run is unlocked at once, so a sweep killed during a later one leaves no stale lock."""

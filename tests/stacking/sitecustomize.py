@@ -41,3 +41,32 @@ if _log:
         return out
 
     _app.run_group = _fake_run_group
+
+_slurm = os.environ.get("REGBENCH_TEST_FAKE_SLURM")
+if _slurm:  # SLURM without a cluster: each submitted task runs here, at once, and its result is kept
+    import json
+    from pathlib import Path
+
+    import submitit
+
+    class _FakeJob:
+        def __init__(self, job_id, result):
+            self.job_id, self._result = job_id, result
+            self.paths = type("paths", (), {"result_pickle": Path(__file__), "stderr": Path(os.devnull)})()
+
+        def results(self):
+            return [self._result]
+
+    class _FakeExecutor:  # submitit.AutoExecutor's interface, as slurm_launcher.make_executor uses it
+        def __init__(self, **kwargs):
+            pass
+
+        def update_parameters(self, **kwargs):
+            pass
+
+        def map_array(self, fn, *arrays):
+            with open(_slurm, "a") as f:
+                f.write(json.dumps({"tasks": len(arrays[0]), "fn": type(fn).__name__}) + "\n")
+            return [_FakeJob(f"1_{k}", fn(*args)) for k, args in enumerate(zip(*arrays))]
+
+    submitit.AutoExecutor = _FakeExecutor
