@@ -36,9 +36,8 @@ def sweep(tmp_path: Path, *args: str, status: str = "", fake: bool = True, launc
     r = cli("-m", f"hydra/launcher={launcher}", "+hydra.callbacks.probe._target_=probe.Probe", "~hydra.callbacks.report",
             "trainer.max_epochs=1", "trainer.progress_every=0", *args, f"runs_root={tmp_path / 'runs'}", env=env)
     ends = [e for e in _jsonl(probe) if e["event"] == "end"]
-    by_run = {e["run"]: e for e in ends}
-    assert len(by_run) == len(ends), "a job was reported twice"
-    return r, _jsonl(groups), by_run
+    assert len({e["num"] for e in ends}) == len(ends), "a job was reported twice"
+    return r, _jsonl(groups), {e["run"]: e for e in ends}
 
 
 def record_config(run_dir: str) -> dict:
@@ -249,3 +248,29 @@ def test_a_group_trained_separately_unlocks_each_run_when_it_is_written(tmp_path
     dirs = [tmp_path / "default" / run_id(c) for c in cfgs]
     assert app.run_group(cfgs, dirs, label="test") == ["ok", "ok", "ok"]
     assert locked_while_training == [[d.name for d in dirs[k:]] for k in range(3)]
+
+
+def test_a_config_named_twice_in_a_group_is_trained_once(tmp_path):
+    r, calls, jobs = sweep(tmp_path, "regularizer=dropout", "regularizer.dropout.p=0.1,0.1,0.2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(calls) == 1 and [record_config(d)["regularizer"]["dropout"]["p"] for d in calls[0]["dirs"]] == [0.1, 0.2]
+    ends = [e for e in _jsonl(tmp_path / "probe.jsonl") if e["event"] == "end"]
+    assert [(e["num"], e["status"]) for e in sorted(ends, key=lambda e: e["num"])] == [(0, "ok"), (1, "skipped"), (2, "ok")]
+    assert "sweep finished: 3 runs: 2 ok, 1 skipped (already ok)" in r.stderr
+
+
+def test_the_optuna_sweeper_gets_each_trials_own_objective(tmp_path):
+    """hydra/sweeper=optuna hands the launcher a batch of trials; they stack, and each trial's value
+    is its own record's protocol.metric (the stand-in writes seed / 100 + p, here p)."""
+    import yaml
+
+    r, calls, jobs = sweep(tmp_path, "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize",
+                           "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3", "hydra.sweeper.sampler.seed=1",
+                           "regularizer=dropout", "regularizer.dropout.p=interval(0.05, 0.8)")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [len(c["dirs"]) for c in calls] == [3, 3]  # two batches, each one population
+    ps = {name: record_config(str(tmp_path / "runs" / "default" / name))["regularizer"]["dropout"]["p"] for name in jobs}
+    assert all(e["objective"] == pytest.approx(ps[name]) for name, e in jobs.items())
+    best = yaml.safe_load((tmp_path / "runs" / "default" / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(ps.values()))
+    assert best["best_params"]["regularizer.dropout.p"] == pytest.approx(max(ps.values()))

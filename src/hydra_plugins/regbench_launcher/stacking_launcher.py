@@ -149,7 +149,7 @@ def _run_group(hydra_context: HydraContext, cfgs: list[DictConfig]) -> list[JobR
     """The group's population, trained inside the Hydra job of its first job; then every job's own
     Hydra job, whose task returns that job's outcome (or raises the population's error)."""
     from regbench import jobs
-    from regbench.app import Outcome, run_group
+    from regbench.app import DONE, Outcome, run_group
 
     dirs = [Path(jobs.job_dir(c)).absolute() for c in cfgs]
     label = f"{dirs[0].name} (+{len(dirs) - 1} stacked)"
@@ -158,7 +158,15 @@ def _run_group(hydra_context: HydraContext, cfgs: list[DictConfig]) -> list[JobR
     def train(task_cfg: DictConfig) -> Any:
         log.info("%s: %d jobs as one population (jobs #%s)", label, len(cfgs),
                  ", #".join(str(c.hydra.job.num) for c in cfgs))
-        statuses.extend(run_group([jobs.task_config(c) for c in cfgs], dirs, label=label))
+        # a sweep may name one config twice (seed=0,0; an Optuna batch that samples a choice twice):
+        # it is trained once, and its repeats count as skipped, as they would one after another
+        first_of = {d: k for k, d in reversed(list(enumerate(dirs)))}
+        unique = sorted(set(first_of.values()))
+        trained = dict(zip(unique, run_group([jobs.task_config(cfgs[k]) for k in unique], [dirs[k] for k in unique],
+                                             label=label)))
+        for k, d in enumerate(dirs):
+            s = trained[first_of[d]]
+            statuses.append(s if k in trained or s not in (*DONE, "skipped") else "skipped")
         return Outcome(statuses[0], objective(task_cfg, dirs[0], statuses[0]))
 
     first = _run(hydra_context, cfgs[0], train)
