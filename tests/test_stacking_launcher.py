@@ -274,3 +274,24 @@ def test_the_optuna_sweeper_gets_each_trials_own_objective(tmp_path):
     best = yaml.safe_load((tmp_path / "runs" / "default" / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(ps.values()))
     assert best["best_params"]["regularizer.dropout.p"] == pytest.approx(max(ps.values()))
+
+
+@pytest.mark.engine
+@pytest.mark.skipif(not ENGINE, reason="the population engine (regbench.engine.optim, StackedOptimizer) is not "
+                                       "merged yet: enable by merging it")
+def test_two_overlapping_stacked_sweeps_give_every_run_once(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    common = [sys.executable, str(ROOT / "run.py"), "-m", "trainer.max_epochs=3", "trainer.progress_every=0",
+              f"runs_root={tmp_path}"]
+    a = subprocess.Popen([*common, "seed=0,1,2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    b = subprocess.Popen([*common, "seed=2,3,4"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (_, ea), (_, eb) = a.communicate(timeout=300), b.communicate(timeout=300)
+    assert a.returncode == 0 and b.returncode == 0, ea[-2000:] + eb[-2000:]
+    recs = [json.loads(p.read_text()) for p in tmp_path.rglob("results.json")]
+    assert sorted(x["seed"] for x in recs) == [0, 1, 2, 3, 4] and all(x["status"] == "ok" for x in recs)
+    # seed 2 was trained by one sweep; the other counted it busy or skipped, never ok
+    oks = [int(m) for e in (ea, eb) for m in re.findall(r"sweep finished: 3 runs: (\d) ok", e)]
+    assert sum(oks) == 5, ea[-1500:] + eb[-1500:]
