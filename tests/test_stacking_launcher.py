@@ -132,6 +132,8 @@ def test_plan_units_keeps_sweep_order_caps_groups_and_fills_workers():
     assert plan_units(["a"] * 4, 64, workers=2) == [[0, 1], [2, 3]]
     assert plan_units(["a"] * 5, 64, workers=3) == [[0, 1], [2], [3, 4]]
     assert plan_units(["a", None], 64, workers=4) == [[0], [1]]  # never more units than jobs
+    with pytest.raises(ValueError, match=r"hydra.launcher.max_population=0 is out of range: allowed >= 1"):
+        plan_units(keys, 0)
 
 
 def test_multirun_defaults_to_the_stacking_launcher():

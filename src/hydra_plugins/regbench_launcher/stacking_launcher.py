@@ -31,6 +31,7 @@ record). `hydra/launcher=basic` turns stacking off: one job, one process, one ru
 
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -94,9 +95,7 @@ def plan_units(keys: Sequence[str | None], max_population: int, workers: int = 1
     of at most `max_population`; a None key is a unit of its own. With `workers` > 1 the largest
     units are halved until there are `workers` units (or none has two jobs left)."""
     if max_population < 1:
-        from regbench.config import ConfigError
-
-        raise ConfigError(f"hydra.launcher.max_population={max_population} is out of range: allowed >= 1")
+        raise ValueError(f"hydra.launcher.max_population={max_population} is out of range: allowed >= 1")
     groups: dict[str, list[int]] = {}
     units: list[list[int]] = []
     for i, key in enumerate(keys):
@@ -234,7 +233,11 @@ class StackingLauncher(Launcher):
         loader = self.hydra_context.config_loader
         keys = [stack_key(jobs.task_config(loader.load_sweep_config(self.config, list(o)))) for o in job_overrides]
         workers = self.workers()
-        units = plan_units(keys, self.max_population, workers)
+        try:
+            units = plan_units(keys, self.max_population, workers)
+        except ValueError as e:  # bad launcher key: refused before any job runs
+            print(f"regbench: invalid config: {e}", file=sys.stderr)
+            sys.exit(2)
         stacked = sum(len(u) for u in units if len(u) > 1)
         log.info("launching %d jobs as %d units (%d jobs stacked in %d populations)%s", len(job_overrides),
                  len(units), stacked, sum(len(u) > 1 for u in units),
