@@ -86,8 +86,9 @@ def test_a_diverging_and_a_failing_run_do_not_stop_their_siblings(tmp_path):
     # lr 1e6 diverges; seed 1 raises inside the run (injected: bad input is refused before a run starts); the
     # lr 0.05 run on 1000 examples learns (train/acc ~0.26 after 3 epochs: on 100 examples it stayed at chance
     # and is collapsed)
-    r = cli("-m", "optim=sgd", "optim.lr=0.05,1e6", "seed=0,1", "data.train_size=1000", *tiny(),
-            f"runs_root={tmp_path}", env=raising(1))
+    # separate runs (hydra/launcher=basic): stacked, an error inside the population fails all of its runs
+    r = cli("-m", "hydra/launcher=basic", "optim=sgd", "optim.lr=0.05,1e6", "seed=0,1", "data.train_size=1000",
+            *tiny(), f"runs_root={tmp_path}", env=raising(1))
     assert r.returncode == 1, "a sweep in which a run failed must exit non-zero"
     recs = records(tmp_path)
     assert len(recs) == 4
@@ -108,7 +109,8 @@ def test_a_diverging_and_a_failing_run_do_not_stop_their_siblings(tmp_path):
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
-    args = [sys.executable, str(ROOT / "run.py"), "-m", "seed=0,1,2", "trainer.max_epochs=60",
+    # separate runs (hydra/launcher=basic): a population writes its records together, when it ends
+    args = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=basic", "seed=0,1,2", "trainer.max_epochs=60",
             "trainer.progress_every=0", f"runs_root={tmp_path}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ})
@@ -133,7 +135,9 @@ def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
 
 
 def test_two_concurrent_sweeps_into_one_root_give_all_their_runs(tmp_path):
-    common = [sys.executable, str(ROOT / "run.py"), "-m", *tiny(), f"runs_root={tmp_path}"]
+    # separate runs (hydra/launcher=basic), each logging `<run>: ok test/acc`; stacked sweeps that
+    # overlap: test_stacking_launcher.py
+    common = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=basic", *tiny(), f"runs_root={tmp_path}"]
     a = subprocess.Popen([*common, "seed=0,1,2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     b = subprocess.Popen([*common, "seed=2,3,4"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     (_, ea), (_, eb) = a.communicate(timeout=300), b.communicate(timeout=300)

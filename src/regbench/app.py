@@ -281,22 +281,38 @@ def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: 
     members = list(range(len(cfgs))) if keep_whole else todo
     from regbench.engine.memory import PopulationMemoryError
 
-    locks = [RunLock(dirs[i]) for i in members]
-    for i in members:
+    locked = list(members)
+    locks = [RunLock(dirs[i]) for i in locked]
+    for i in locked:
         dirs[i].mkdir(parents=True, exist_ok=True)
     handlers = []
     try:
-        if not all(lock.acquire() for lock in locks):
+        held = [i for i, lock in zip(locked, locks) if not lock.acquire()]
+        if held and keep_whole:
             log.info("skipping the population of %s: another process holds one of its runs", label)
             return [("busy" if i in todo else s) for i, s in enumerate(status)]
+        if held:  # a sweep's group: the runs another process holds are its to write; the others train
+            log.info("%s: %d of its runs are held by another process: training the other %d", label, len(held),
+                     len(todo) - len(held))
+            for i in held:
+                status[i] = "busy"
+        todo = [i for i in todo if i not in held and (rcs[i].force or not _is_done(dirs[i]))]  # done meanwhile
+        if not keep_whole:
+            members = todo
+        if not todo:
+            return status
         why = next((w for w in (population_refusal(rcs[i]) for i in members) if w), None)
         if why is None and len(members) == 1 and not keep_whole:
             why = "one run"
         if why is not None:
             if why != "one run":
                 log.info("%s: training separately: %s", label, why)
+            for lock, i in zip(locks, locked):
+                if i not in todo:  # not written here: a kill during the others leaves no stale lock in it
+                    lock.release()
             for i in todo:
                 status[i] = _run_locked(cfgs[i], rcs[i], dirs[i])
+                locks[locked.index(i)].release()  # as a separate run: done, unlocked
             return status
         for i in members:
             handler = logging.FileHandler(dirs[i] / "run.log")
@@ -336,7 +352,7 @@ def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: 
         for h in handlers:
             logging.getLogger().removeHandler(h)
             h.close()
-        for lock, i in zip(locks, members):
+        for lock, i in zip(locks, locked):
             lock.release()
             _remove_if_empty(dirs[i])
 

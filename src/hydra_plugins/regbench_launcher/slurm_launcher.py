@@ -20,8 +20,16 @@ resumes it from its last checkpoint (`trainer.checkpoint_every`); Lightning's ow
 is switched off in the job (regbench.app, `SLURMEnvironment(auto_requeue=False)`), so exactly one
 mechanism requeues.
 
+**Stacking** (`max_population` > 1; default 1, one SLURM job per run): the jobs left to run are
+grouped as the stacking launcher groups them (stacking_launcher.plan_units: same
+`engine.stackable.group_key`, at most `max_population` each; invalid, tuned and replicas>1 jobs
+alone), and each group goes out as one SLURM job (one task of the array) that trains it as one
+population (`stacking_launcher.run_unit`), writing one record per job and reporting each job to
+the sweep's callbacks. A group's job that dies without a result is handled per run as above.
+
 Extra keys (beside every `submitit_slurm` key): `result_grace_s`, `poll_s` (how often result files
-are looked for), `state_poll_s` (how often SLURM is asked for the states of unfinished jobs).
+are looked for), `state_poll_s` (how often SLURM is asked for the states of unfinished jobs),
+`max_population`.
 """
 
 
@@ -49,7 +57,7 @@ ACTIVE_STATES = frozenset({
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
     "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED",
 })
-EXTRA_KEYS = ("result_grace_s", "poll_s", "state_poll_s")
+EXTRA_KEYS = ("result_grace_s", "poll_s", "state_poll_s", "max_population")
 
 
 @dataclass
@@ -60,6 +68,7 @@ class RegbenchSlurmConf(SlurmQueueConf):
     result_grace_s: float = 30.0
     poll_s: float = 1.0          # result files are looked for this often
     state_poll_s: float = 10.0   # SLURM (sacct, else squeue/scontrol) is asked this often
+    max_population: int = 1      # >1: compatible jobs go out as one SLURM job each, trained as one population
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="regbench_slurm", node=RegbenchSlurmConf,
@@ -138,6 +147,7 @@ class RegbenchSlurmLauncher(SlurmLauncher):
         self.result_grace_s = float(own.get("result_grace_s", 30.0))
         self.poll_s = float(own.get("poll_s", 1.0))
         self.state_poll_s = float(own.get("state_poll_s", 10.0))
+        self.max_population = int(own.get("max_population", 1))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from regbench import jobs
@@ -155,25 +165,37 @@ class RegbenchSlurmLauncher(SlurmLauncher):
         if len(todo) < len(configs):
             log.info("%d of %d jobs already finished (their results.json say ok): not submitted",
                      len(configs) - len(todo), len(configs))
-        if todo:
+        if todo and self.max_population > 1:
+            from .stacking_launcher import plan_units, stack_key
+
+            units = [[todo[k] for k in u] for u in
+                     plan_units([stack_key(jobs.task_config(configs[i])) for i in todo], self.max_population)]
+            submitted = self._submit_units([[(initial_job_idx + i, list(job_overrides[i])) for i in u] for u in units])
+            for unit, outcome in zip(units, self._wait(submitted)):
+                for k, i in enumerate(unit):
+                    returns[i] = self._lost(configs[i], outcome) if is_lost(outcome) else outcome[k]
+        elif todo:
             submitted = self._submit([job_overrides[i] for i in todo], [initial_job_idx + i for i in todo])
             for i, outcome in zip(todo, self._wait(submitted)):
-                if not is_lost(outcome):
-                    returns[i] = outcome
-                    continue
-                name = jobs.job_dir(configs[i]).name
-                if not jobs.wait_released(configs[i]):  # a cancelled job trains on until SLURM's SIGKILL
-                    log.warning("%s: its runs are still held %.0f s after the job ended", name, jobs.RELEASE_WAIT_S)
-                if all(jobs.is_ok(d) for d in jobs.run_dirs(configs[i])):  # died after writing its records
-                    log.warning("%s: %s, but its records say ok: counted ok", name, outcome)
-                    returns[i] = self._report(configs[i], "ok")
-                    continue
-                lost = jobs.record_lost(configs[i], outcome)
-                log.error("%s: %s; recorded as failed: %s", name, outcome,
-                          ", ".join(lost) or "nothing (its runs are held by a live process)")
-                returns[i] = self._report(configs[i], "failed")
+                returns[i] = self._lost(configs[i], outcome) if is_lost(outcome) else outcome
         assert all(r is not None for r in returns)
         return returns  # type: ignore[return-value]
+
+    def _lost(self, cfg: DictConfig, outcome: str) -> JobReturn:
+        """A job whose SLURM job ended without a result: each of its runs without an ok record gets a
+        failed one naming the state, and the job is reported failed (ok if its records say so)."""
+        from regbench import jobs
+
+        name = jobs.job_dir(cfg).name
+        if not jobs.wait_released(cfg):  # a cancelled job trains on until SLURM's SIGKILL
+            log.warning("%s: its runs are still held %.0f s after the job ended", name, jobs.RELEASE_WAIT_S)
+        if all(jobs.is_ok(d) for d in jobs.run_dirs(cfg)):  # died after writing its records
+            log.warning("%s: %s, but its records say ok: counted ok", name, outcome)
+            return self._report(cfg, "ok")
+        lost = jobs.record_lost(cfg, outcome)
+        log.error("%s: %s; recorded as failed: %s", name, outcome,
+                  ", ".join(lost) or "nothing (its runs are held by a live process)")
+        return self._report(cfg, "failed")
 
     def _report(self, cfg: DictConfig, status: str) -> JobReturn:
         """A job that did not run (skipped before submission) or did not return (lost), reported to
@@ -203,9 +225,44 @@ class RegbenchSlurmLauncher(SlurmLauncher):
                  submitted[0].job_id.split("_")[0], sweep_dir)
         return submitted
 
+    def _submit_units(self, units: Sequence[Sequence[tuple[int, list[str]]]]) -> list[Any]:
+        """One SLURM job (array task) per unit: a group trained as one population, or a single job."""
+        assert self.config is not None
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        for unit in units:
+            for num, overrides in unit:
+                log.info("\t#%d : %s%s", num, " ".join(filter_overrides(overrides)),
+                         f"  [population of #{unit[0][0]}]" if len(unit) > 1 else "")
+        state = Singleton.get_state()
+        submitted = make_executor(self.params, self._EXECUTOR).map_array(UnitJob(self), list(units),
+                                                                          [state] * len(units))
+        log.info("submitted %d jobs to SLURM (job %s) for %d runs", len(submitted),
+                 submitted[0].job_id.split("_")[0], sum(len(u) for u in units))
+        return submitted
+
     def _wait(self, submitted: list[Any]) -> list[Any]:
         return wait_for_jobs(submitted, poll_s=self.poll_s, state_poll_s=self.state_poll_s,
                              result_grace_s=self.result_grace_s)
+
+
+class UnitJob:
+    """What one SLURM job of a stacking sweep runs: its unit's Hydra jobs (stacking_launcher.run_unit),
+    returning their JobReturns. Requeued by submitit as a whole (`checkpoint`): a requeued population
+    skips the records it already wrote and trains the others again."""
+
+    def __init__(self, launcher: "RegbenchSlurmLauncher") -> None:
+        self.launcher = launcher
+
+    def __call__(self, unit: Sequence[tuple[int, list[str]]], singleton_state: dict[Any, Any]) -> list[JobReturn]:
+        from .stacking_launcher import run_unit
+
+        l = self.launcher
+        return run_unit(unit, l.hydra_context, l.config, l.task_function, singleton_state)  # type: ignore[arg-type]
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 def make_executor(params: dict[str, Any], cluster: str = "slurm") -> Any:
