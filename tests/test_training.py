@@ -12,8 +12,6 @@ from torch import nn
 from conftest import compose, tiny
 from regbench.app import _hparams, train
 from regbench.config import validate
-from regbench.training.callbacks import BestWeights, History
-from regbench.training.module import Classifier
 
 
 def train_in_process(tmp_path, *overrides: str) -> dict:
@@ -22,64 +20,6 @@ def train_in_process(tmp_path, *overrides: str) -> dict:
     rc = validate(cfg)
     return train(rc, tmp_path, data_keys=[k for k in cfg.data if k != "name"],
                  model_keys=[k for k in cfg.model if k != "name"], hparams=_hparams(cfg))
-
-
-class Scripted(pl.LightningModule):
-    """A module whose weight equals the epoch index and whose val/acc follows a script."""
-
-    def __init__(self, script: list[float]):
-        super().__init__()
-        self.net = nn.Linear(1, 1, bias=False)
-        self.script = script
-        self.automatic_optimization = False
-
-    def training_step(self, batch, batch_idx):
-        with torch.no_grad():
-            self.net.weight.fill_(self.current_epoch)
-        Classifier.publish(self, {"train/loss": 1.0 / (1 + self.current_epoch),
-                                  "val/acc": self.script[self.current_epoch]})
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
-
-
-def fit_scripted(script, callbacks, max_epochs):
-    module = Scripted(script)
-    data = [torch.zeros(1)]
-    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
-                         accelerator="cpu", log_every_n_steps=1)
-    trainer.fit(module, train_dataloaders=data)
-    return module
-
-
-def test_early_stopping_restores_the_weights_of_the_known_best_epoch():
-    from regbench.regularizers.criteria import Patience
-    from regbench.regularizers.early_stopping import CriterionStopping
-
-    # val/acc peaks at epoch 3 (0.9); patience 2 stops after epochs 4 and 5 fail to improve
-    script = [0.5, 0.6, 0.7, 0.9, 0.8, 0.85, 0.95, 0.99]
-    best = BestWeights("val/acc", "max", restore=True)
-    stop = CriterionStopping(Patience(2, 0.0), monitor="val/acc", mode="max")
-    module = fit_scripted(script, [stop, best], max_epochs=len(script))
-    assert stop.stopped_epoch == 5
-    assert best.best_epoch == 3 and best.restored
-    assert module.net.weight.item() == 3.0  # the weights written in epoch 3, not the last ones (5)
-
-
-def test_without_restore_the_final_weights_are_kept():
-    best = BestWeights("val/acc", "max", restore=False)
-    module = fit_scripted([0.5, 0.9, 0.6, 0.7], [best], max_epochs=4)
-    assert best.best_epoch == 1 and not best.restored
-    assert module.net.weight.item() == 3.0
-
-
-def test_history_has_one_row_per_epoch():
-    hist = History()
-    fit_scripted([0.1, 0.2, 0.3], [hist], max_epochs=3)
-    assert hist.rows["epoch"] == [0, 1, 2]
-    assert hist.rows["val/acc"] == pytest.approx([0.1, 0.2, 0.3])
-    assert hist.rows["train/loss"] == pytest.approx([1.0, 0.5, 1 / 3])
 
 
 def test_same_config_and_seed_give_the_same_numbers(tmp_path):

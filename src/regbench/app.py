@@ -359,66 +359,25 @@ def run_group(cfgs: list[DictConfig], dirs: list[Path], label: str, keep_whole: 
 
 def train_population(cfgs: list[DictConfig], rcs: list[RunConfig], dirs: list[Path], label: str
                      ) -> list[dict[str, Any]]:
-    """Build every member exactly as `train` builds a separate run (its seed, data, network,
-    regularization, logger), train them as one population (engine/fit.py; members whose layers
-    differ are trained as separate populations), and finish each as `train` does: mechanism
-    measurements, best.ckpt, final hparams. Returns `train`'s record fields per member, in order."""
-    import pytorch_lightning as pl
-    import torch
-
-    from regbench.analysis.mechanism import measure, predict_probs
-    from regbench.engine import memory
-    from regbench.engine.fit import Replica, fit
+    """`train_members` for configs that differ only in stackable keys: one population per group of
+    members that build the same architecture (input dropout on against off trains apart). Returns
+    each config's record fields, in order."""
     from regbench.engine.population import structure
-    from regbench.training.loggers import build_logger, log_final
 
-    rc0 = rcs[0]
-    if rc0.trainer.threads:
-        torch.set_num_threads(rc0.trainer.threads)
-    device = pick_device(rc0.trainer.accelerator)
     data_keys = [k for k in cfgs[0].data if k != "name"]
     model_keys = [k for k in cfgs[0].model if k != "name"]
-    data = load_checked_data(rc0, data_keys).to(device)
-    nets, members = [], []
-    for cfg, rc, d in zip(cfgs, rcs, dirs):
-        reg = regularization_of(rc)
-        pl.seed_everything(rc.seed, workers=False, verbose=False)
-        nets.append(network_of(rc, data, reg, model_keys).to(device))
-        logger = build_logger(rc.logger.name, d, experiment=rc.name, tracking_uri=rc.logger.tracking_uri)
-        members.append(Replica(seed=rc.seed, reg=reg, lr=rc.optim.lr, momentum=rc.optim.momentum, label=d.name,
-                               logger=logger))
+    data = load_checked_data(rcs[0], data_keys)
     kinds: dict[tuple, list[int]] = {}
-    for i, net in enumerate(nets):
-        kinds.setdefault(structure(net), []).append(i)
+    for i, rc in enumerate(rcs):
+        kinds.setdefault(structure(network_of(rc, data, regularization_of(rc), model_keys)), []).append(i)
     if len(kinds) > 1:
         log.info("%s: %d populations (members whose layers differ, e.g. input dropout on or off, train apart)",
                  label, len(kinds))
     out: dict[int, dict[str, Any]] = {}
-    chunk = rc0.trainer.eval_batch_size
     for rows in kinds.values():
-        memory.check(len(rows), nets[rows[0]], data, batch_size=rc0.optim.batch_size, optim_name=rc0.optim.name,
-                     eval_chunk=chunk)
-        every = rc0.trainer.progress_every
-
-        def progress(epoch: int, max_epochs: int, active: int, val_acc: float, rows=rows) -> None:
-            if every and (epoch % every == 0 or epoch == max_epochs):
-                log.info("%s epoch %d/%d: %d of %d replicas training, mean val/acc %.3f", label, epoch, max_epochs,
-                         active, len(rows), val_acc)
-
-        records, scored, end = fit([nets[i] for i in rows], [members[i] for i in rows], data,
-                                   optim_name=rc0.optim.name, batch_size=rc0.optim.batch_size,
-                                   max_epochs=rc0.trainer.max_epochs, eval_batch_size=chunk, progress=progress,
-                                   label=label)
-        for j, i in enumerate(rows):
-            net, record, reg = scored.module(end, j), records[j], members[i].reg
-            mc = predict_probs(net, data.x_test, chunk, mc_samples=reg.mc_samples) if reg.mc_samples else None
-            record["extra"]["mechanism"] = measure(net, data.x_test, data.y_test, chunk=chunk, probs=mc)
-            save_weights(dirs[i], net, run_id=dirs[i].name, restored_best=record["restored_best"],
-                         best_epoch=record["best_epoch"], epochs_trained=record["epochs_trained"],
-                         metrics=record["metrics"])
-            log_final(members[i].logger, _hparams(cfgs[i]), record["metrics"],
-                      step=max(record["epochs_trained"] - 1, 0))
-            out[i] = record
+        results = train_members([rcs[i] for i in rows], [dirs[i] for i in rows], data_keys, model_keys, data=data,
+                                hparams=[_hparams(cfgs[i]) for i in rows], label=label)
+        out.update(zip(rows, results))
     return [out[i] for i in range(len(cfgs))]
 
 
@@ -537,117 +496,101 @@ def pick_device(accelerator: str) -> str:
 def train(rc: RunConfig, run_dir: Path, data_keys: list[str], model_keys: list[str],
           resume: Path | None = None, checkpoint_owner: dict[str, str] | None = None,
           data=None, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build everything from the validated config, train, test; return the record's measured fields.
+    """One run: a population of one (`train_members`). Returns the record's measured fields.
 
     `resume`: a checkpoint already checked to belong to this run (`rundir.resumable_checkpoint`);
     it is loaded with `weights_only=True`. `checkpoint_owner` stamps the checkpoints this run saves.
     `data`: the DataSplits already loaded and checked by `load_checked_data` (else loaded here).
-
-    Only the keys a data / model YAML sets are passed to its builder (the schema knows the keys of
-    every dataset and model; each builder takes its own).
+    Only the keys a data / model YAML sets are passed to its builder.
     """
+    return train_members([rc], [run_dir], data_keys, model_keys, data=data, hparams=[hparams or {}],
+                         resume=resume, checkpoint_owner=checkpoint_owner, label=run_dir.name)[0]
+
+
+def train_members(rcs: list[RunConfig], dirs: list[Path], data_keys: list[str], model_keys: list[str], *,
+                  data=None, hparams: list[dict[str, Any]], resume: Path | None = None,
+                  checkpoint_owner: dict[str, str] | None = None, label: str) -> list[dict[str, Any]]:
+    """The one training path, for S >= 1 members (configs that differ only in stackable keys and build
+    the same architecture): build each as its separate run would be built (its seed, network,
+    regularization, logger), train them as one population (engine/fit.py) driven by Lightning
+    (engine/module.py: epochs, progress, checkpoints, precision), then finish each member: final
+    evaluation, mechanism measurements, best.ckpt, final hparams. Returns each member's record fields."""
     import pytorch_lightning as pl
     import torch
 
+    from regbench.analysis.mechanism import measure, predict_probs
     from regbench.data import build_data
-    from regbench.training.callbacks import (BestWeights, DivergenceGuard, EpochBar, EpochProgress, History,
-                                             PeriodicCheckpoint, want_bar)
+    from regbench.engine import memory
+    from regbench.engine.fit import Replica, Training
+    from regbench.engine.module import EpochData, PopulationModule
+    from regbench.training.callbacks import EpochBar, EpochProgress, PeriodicCheckpoint, want_bar
     from regbench.training.loggers import build_logger, log_final
     from regbench.training.quiet import silence_known_noise
-    from regbench.training.loop import EpochData, evaluate
-    from regbench.training.module import Classifier
 
     t0 = time.perf_counter()
     import_seconds = regbench.startup_seconds()
-    if rc.trainer.threads:
-        torch.set_num_threads(rc.trainer.threads)
-    device = pick_device(rc.trainer.accelerator)
-    data_kwargs = split_kwargs({k: getattr(rc.data, k) for k in data_keys}, rc.seed)
-    data = (data if data is not None else build_data(rc.data.name, **data_kwargs)).to(device)
-
-    reg = regularization_of(rc)
-    pl.seed_everything(rc.seed, workers=False, verbose=False)
-    net = network_of(rc, data, reg, model_keys)
-    module = Classifier(net, reg.objective, make_optimizer(rc.optim.name, rc.optim.lr, rc.optim.momentum,
-                                                           reg.weight_decay),
-                        rc.optim.batch_size, rc.trainer.eval_batch_size, seed=rc.seed)
-
-    best = BestWeights(reg.monitor, reg.mode, restore=reg.restore_best)
-    history, guard = History(), DivergenceGuard()
-    bar = want_bar(rc.trainer.progress_bar)
-    callbacks = [*reg.callbacks, best, history, guard, EpochProgress(0 if bar else rc.trainer.progress_every, run_dir.name)]
+    rc0 = rcs[0]
+    if rc0.trainer.threads:
+        torch.set_num_threads(rc0.trainer.threads)
+    device = pick_device(rc0.trainer.accelerator)
+    if data is None:
+        data = build_data(rc0.data.name, **split_kwargs({k: getattr(rc0.data, k) for k in data_keys}, rc0.seed))
+    data = data.to(device)
+    nets, members = [], []
+    for rc, d in zip(rcs, dirs):
+        reg = regularization_of(rc)
+        pl.seed_everything(rc.seed, workers=False, verbose=False)
+        nets.append(network_of(rc, data, reg, model_keys).to(device))
+        # a resumed run logs again from the epoch after its checkpoint: purge_step makes TensorBoard drop
+        # what the interrupted process wrote from there on, so each epoch appears once in the curves
+        logger = build_logger(rc.logger.name, d, experiment=rc.name, tracking_uri=rc.logger.tracking_uri,
+                              purge_step=_checkpoint_epoch(resume) + 1 if resume is not None else None)
+        members.append(Replica(seed=rc.seed, reg=reg, lr=rc.optim.lr, momentum=rc.optim.momentum, label=d.name,
+                               logger=logger))
+    chunk = rc0.trainer.eval_batch_size
+    if len(rcs) > 1:
+        memory.check(len(rcs), nets[0], data, batch_size=rc0.optim.batch_size, optim_name=rc0.optim.name,
+                     eval_chunk=chunk)
+    training = Training(nets, members, data, optim_name=rc0.optim.name, batch_size=rc0.optim.batch_size,
+                        max_epochs=rc0.trainer.max_epochs, eval_batch_size=chunk,
+                        clip=rc0.trainer.gradient_clip_val, label=label)
+    module = PopulationModule(training)
+    bar = want_bar(rc0.trainer.progress_bar)
+    callbacks = [EpochProgress(0 if bar else rc0.trainer.progress_every, label)]
     if bar:
-        callbacks.append(EpochBar(run_dir.name))
-    if rc.trainer.checkpoint_every:  # last: it saves the state the callbacks above updated this epoch
-        callbacks.append(PeriodicCheckpoint(run_dir / CHECKPOINT_DIR / "last.ckpt", rc.trainer.checkpoint_every,
-                                            owner=checkpoint_owner))
-    # a resumed run logs again from the epoch after its checkpoint: purge_step makes TensorBoard drop
-    # what the interrupted process wrote from there on (its reader drops a restart only when the step
-    # goes back, not when it repeats the last one), so each epoch appears once in the curves
-    logger = build_logger(rc.logger.name, run_dir, experiment=rc.name, tracking_uri=rc.logger.tracking_uri,
-                          purge_step=_checkpoint_epoch(resume) + 1 if resume is not None else None)
+        callbacks.append(EpochBar(label))
+    if rc0.trainer.checkpoint_every:  # last: it saves the state the epoch left
+        callbacks.append(PeriodicCheckpoint(dirs[0] / CHECKPOINT_DIR / "last.ckpt", rc0.trainer.checkpoint_every,
+                                            owner=checkpoint_owner, loggers=[m.logger for m in members]))
     silence_known_noise()
     trainer = pl.Trainer(
-        max_epochs=rc.trainer.max_epochs, accelerator="gpu" if device == "cuda" else device,
-        devices=rc.trainer.devices, precision=rc.trainer.precision, deterministic=rc.trainer.deterministic,
-        callbacks=callbacks, logger=logger, log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0,
+        max_epochs=rc0.trainer.max_epochs, accelerator="gpu" if device == "cuda" else device,
+        devices=rc0.trainer.devices, precision=rc0.trainer.precision, deterministic=rc0.trainer.deterministic,
+        callbacks=callbacks, logger=False, limit_val_batches=0, num_sanity_val_steps=0,
         enable_progress_bar=bar, enable_model_summary=False, enable_checkpointing=False,
-        default_root_dir=str(run_dir), plugins=slurm_plugins(),
+        default_root_dir=str(dirs[0]), plugins=slurm_plugins(),
     )
-    epochs = EpochData(data.x_train, data.y_train, data.x_val, data.y_val)
     setup_seconds = time.perf_counter() - t0
-    log.info("%s: start-up %.2f s (imports and config %.2f s, data and model %.2f s)", run_dir.name,
+    log.info("%s: start-up %.2f s (imports and config %.2f s, data and model %.2f s)", label,
              import_seconds + setup_seconds, import_seconds, setup_seconds)
-    t1 = time.perf_counter()
     if resume is not None:
-        log.info("%s: resuming from %s", run_dir.name, resume)
+        log.info("%s: resuming from %s", label, resume)
     # weights_only=True: Lightning's own resume load must not unpickle arbitrary objects either
-    trainer.fit(module, train_dataloaders=epochs, ckpt_path=str(resume) if resume else None, weights_only=True)
-    train_seconds = time.perf_counter() - t1
-    net.to(device)  # Lightning's teardown moves the module back to the CPU; the data stay on `device`
-
-    chunk = rc.trainer.eval_batch_size
-    final = {split: evaluate(net, x, y, chunk, mc_samples=reg.mc_samples)
-             for split, (x, y) in {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val),
-                                   "test": (data.x_test, data.y_test)}.items()}
-    metrics = {f"{s}/{m}": final[s][m] for s in ("train", "val", "test") for m in ("acc", "loss")}
-    h = history.rows
-    finite_val = [(l, a) for l, a in zip(h["val/loss"], h["val/acc"]) if l == l]
-    metrics["best_val/loss"] = min((l for l, _ in finite_val), default=float("nan"))
-    metrics["best_val/acc"] = max((a for _, a in finite_val), default=float("nan"))
-
-    stopper = next((c for c in reg.callbacks if hasattr(c, "stopped_epoch")), None)
-    stopped_epoch = getattr(stopper, "stopped_epoch", None) if stopper else None
-    diverged = guard.diverged_epoch is not None or not all(map(_finite, metrics.values()))
-    log_final(logger, hparams if hparams is not None else {}, metrics, step=max(len(h["epoch"]) - 1, 0))
-    save_weights(run_dir, net, run_id=run_dir.name, restored_best=best.restored, best_epoch=best.best_epoch,
-                 epochs_trained=len(h["epoch"]), metrics=metrics)
-    extra: dict[str, Any] = {"import_seconds": import_seconds, "setup_seconds": setup_seconds, "device": device, "resumed": resume is not None,
-                             "pid": os.getpid(), "threads": torch.get_num_threads(),
-                             "parameters": sum(p.numel() for p in net.parameters())}
-    if reg.mc_samples:
-        extra["mc_entropy_test"] = final["test"]["entropy"]
-    from regbench.analysis.mechanism import measure, predict_probs
-
-    mc_probs = predict_probs(net, data.x_test, chunk, mc_samples=reg.mc_samples) if reg.mc_samples else None
-    extra["mechanism"] = measure(net, data.x_test, data.y_test, chunk=chunk, probs=mc_probs)
-    return {
-        "status": "diverged" if diverged else "ok",
-        "metrics": metrics,
-        "best_epoch": best.best_epoch,
-        "epochs_trained": len(h["epoch"]),
-        "stopped_early": stopped_epoch is not None,
-        "stopped_epoch": stopped_epoch,
-        "stop_reason": getattr(stopper, "reason", None) if stopped_epoch is not None else None,
-        "restored_best": best.restored,
-        "steps": module.steps,
-        "train_seconds": train_seconds,
-        "history": h,
-        "diverged_epoch": guard.diverged_epoch,
-        "error": (None if not diverged else f"loss became non-finite at epoch {guard.diverged_epoch}"
-                  if guard.diverged_epoch is not None else "a final metric is non-finite"),
-        "extra": extra,
-    }
+    trainer.fit(module, train_dataloaders=EpochData(), ckpt_path=str(resume) if resume else None, weights_only=True)
+    records, scored, end = training.finish()
+    out = []
+    for i, (record, member) in enumerate(zip(records, members)):
+        net, reg = scored.module(end, i), member.reg
+        record["extra"].update(import_seconds=import_seconds, setup_seconds=setup_seconds / len(rcs),
+                               resumed=resume is not None)
+        mc = predict_probs(net, data.x_test, chunk, mc_samples=reg.mc_samples) if reg.mc_samples else None
+        record["extra"]["mechanism"] = measure(net, data.x_test, data.y_test, chunk=chunk, probs=mc)
+        save_weights(dirs[i], net, run_id=dirs[i].name, restored_best=record["restored_best"],
+                     best_epoch=record["best_epoch"], epochs_trained=record["epochs_trained"],
+                     metrics=record["metrics"])
+        log_final(member.logger, hparams[i], record["metrics"], step=max(record["epochs_trained"] - 1, 0))
+        out.append(record)
+    return out
 
 
 def regularization_of(rc: RunConfig):

@@ -160,6 +160,7 @@ class TrainerConfig:
     # no 64-true: the data tensors stay float32
     precision: str = one_of("32-true", "bf16-mixed")
     deterministic: bool = True
+    gradient_clip_val: Optional[float] = rng(POS, None)  # clip each replica's gradient to this total L2 norm (none = off)
     # regbench's own (not Trainer arguments)
     threads: int = rng(Interval(0, 1024))             # torch intra-op threads; 0 = leave torch's default
     progress_every: int = rng(NONNEG)                 # epochs between progress lines; 0 = none

@@ -168,6 +168,12 @@ class SharedOptimizer:
             p.grad.mul_(factor.view(-1, *([1] * (p.dim() - 1))))
         return norms
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.opt.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state)
+
     def keep(self, rows: torch.Tensor, params: dict[str, torch.Tensor]) -> None:
         old = self.opt
         old_params = [p for g in old.param_groups for p in g["params"]]
@@ -246,68 +252,81 @@ def evaluate(pop: Population, x: torch.Tensor, y: torch.Tensor, chunk: int, mc_s
 
 
 # ------------------------------------------------------------------------------ the loop
-def fit(nets: list[torch.nn.Module], replicas: Sequence[Replica], data: DataSplits, *, optim_name: str,
-        batch_size: int, max_epochs: int, eval_batch_size: int, clip: float | None = None,
-        progress: Callable[[int, int, int, float], None] | None = None, label: str = "population"
-        ) -> tuple[list[dict[str, Any]], Population, dict[str, torch.Tensor]]:
-    """Train ``nets`` (replica i's freshly built network) as one population; returns one record
-    dict per replica (the measured fields of ``app.train``'s record), the population, and the state
-    each replica is scored with (its restored best or final weights; ``pop.module(state, i)``).
+class Training:
+    """The population's training, one epoch at a time (``run_epoch``), so that a driver (the
+    LightningModule of engine/module.py, or ``fit`` below) runs the epochs; ``finish`` evaluates
+    and builds the records. ``state_dict`` / ``load_state_dict`` make it resumable.
 
-    ``progress(epoch, max_epochs, active, mean_val_acc)`` is called after every epoch.
+    ``reseed``: draw the population's noise from a stream seeded by its members (S > 1); a
+    population of one keeps the global generator, which ``seed_everything`` seeded for its run.
     """
-    from regbench.regularizers.schedules import schedule_factor
 
-    t0 = time.perf_counter()
-    S = len(replicas)
-    _shared(replicas)
-    device = data.x_train.device
-    pop = Population(nets).to(device)
-    regs = [r.reg for r in replicas]
-    objective, mc_samples = regs[0].objective, regs[0].mc_samples
-    trackers = [_tracker(reg) for reg in regs]
-    # the noise of the population: one stream, reproducible from its members
-    torch.manual_seed(zlib.crc32(("population:" + ",".join(f"{r.seed}/{r.label}" for r in replicas)).encode()))
+    def __init__(self, nets: list[torch.nn.Module], replicas: Sequence[Replica], data: DataSplits, *,
+                 optim_name: str, batch_size: int, max_epochs: int, eval_batch_size: int,
+                 clip: float | None = None, label: str = "population", reseed: bool | None = None):
+        t0 = time.perf_counter()
+        self.replicas, self.data, self.label = list(replicas), data, label
+        self.batch_size, self.max_epochs, self.eval_batch_size, self.clip = batch_size, max_epochs, eval_batch_size, clip
+        S = len(self.replicas)
+        _shared(self.replicas)
+        self.device = device = data.x_train.device
+        self.pop = Population(nets).to(device)
+        regs = [r.reg for r in self.replicas]
+        self.objective, self.mc_samples = regs[0].objective, regs[0].mc_samples
+        self.trackers = [_tracker(reg) for reg in regs]
+        if reseed if reseed is not None else S > 1:
+            torch.manual_seed(zlib.crc32(("population:" + ",".join(f"{r.seed}/{r.label}" for r in replicas)).encode()))
+        bounds = [getattr(_callback(reg, "MaxNorm"), "c", None) for reg in regs]
+        self.maxnorm = _vector([math.inf if c is None else c for c in bounds], device) if any(
+            c is not None for c in bounds) else None
+        self.schedules = [_callback(reg, "DropoutSchedule") for reg in regs]
+        self.base_rates = {k: v.clone() for k, v in self.pop.buffers.items() if k in self.pop.rate_buffers()}
+        if self.maxnorm is not None:
+            self.pop.max_norm_(self.maxnorm)  # max-norm also projects the initial weights
+        self.opt = make_optimizer(self.pop, optim_name, _vector([r.lr for r in replicas], device),
+                                  _vector([reg.weight_decay for reg in regs], device),
+                                  _vector([r.momentum for r in replicas], device))
+        self.final = self.pop.snapshot()                                   # every replica's last weights
+        self.best = self.pop.snapshot() if any(t.restore for t in self.trackers) else None
+        self.active = list(range(S))                                       # population row j is replica active[j]
+        self.epochs_run = 0
+        self.train_seconds = 0.0
+        self.setup_seconds = time.perf_counter() - t0
 
-    bounds = [getattr(_callback(reg, "MaxNorm"), "c", None) for reg in regs]
-    maxnorm = _vector([math.inf if c is None else c for c in bounds], device) if any(
-        c is not None for c in bounds) else None
-    schedules = [_callback(reg, "DropoutSchedule") for reg in regs]
-    base_rates = {k: v.clone() for k, v in pop.buffers.items() if k in pop.rate_buffers()}
-    if maxnorm is not None:
-        pop.max_norm_(maxnorm)  # MaxNorm also projects the initial weights (on_fit_start)
-    opt = make_optimizer(pop, optim_name, _vector([r.lr for r in replicas], device),
-                         _vector([reg.weight_decay for reg in regs], device),
-                         _vector([r.momentum for r in replicas], device))
+    @property
+    def done(self) -> bool:
+        return not self.active or self.epochs_run >= self.max_epochs
 
-    final = pop.snapshot()                                   # every replica's last weights
-    best = pop.snapshot() if any(t.restore for t in trackers) else None
-    active = list(range(S))                                  # population row j is replica active[j]
-    n = len(data.y_train)
-    setup_seconds = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    for epoch in range(max_epochs):
-        if any(schedules):
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        """Train every active replica one epoch, validate, update its trackers (logging its curves);
+        replicas that stopped or diverged leave. Returns the epoch's mean metrics over the replicas
+        that trained it (what a progress bar shows)."""
+        from regbench.regularizers.schedules import schedule_factor
+
+        t1 = time.perf_counter()
+        pop, device, active = self.pop, self.device, self.active
+        data = self.data
+        if any(self.schedules):
             factor = [schedule_factor(s.kind, epoch, s.max_epochs, s.gamma, s.until) if s else 1.0
-                      for s in (schedules[i] for i in active)]
-            pop.set_rates({k: v[torch.tensor(active, device=device)] for k, v in base_rates.items()},
-                          _vector(factor, device))
-        orders = torch.stack([epoch_order(n, replicas[i].seed, epoch) for i in active]).to(device)
-        rows = torch.arange(len(active), device=device)
-        tr_loss, tr_acc, n_steps = train_epoch(pop, opt, objective, data.x_train, data.y_train, orders, batch_size,
-                                               maxnorm[active] if maxnorm is not None else None, clip)
-        val = evaluate(pop, data.x_val, data.y_val, min(eval_batch_size, _eval_chunk(len(active))))
+                      for s in (self.schedules[i] for i in active)]
+            rows = torch.tensor(active, device=device)
+            pop.set_rates({k: v[rows] for k, v in self.base_rates.items()}, _vector(factor, device))
+        orders = torch.stack([epoch_order(len(data.y_train), self.replicas[i].seed, epoch) for i in active]).to(device)
+        maxnorm = self.maxnorm[torch.tensor(active, device=device)] if self.maxnorm is not None else None
+        tr_loss, tr_acc, n_steps = train_epoch(pop, self.opt, self.objective, data.x_train, data.y_train, orders,
+                                               self.batch_size, maxnorm, self.clip)
+        val = evaluate(pop, data.x_val, data.y_val, min(self.eval_batch_size, _eval_chunk(len(active))))
         tl, ta, vl, va = (t.tolist() for t in (tr_loss, tr_acc, val["loss"], val["acc"]))  # one sync per epoch
         improved, leaving = [], []
         for j, i in enumerate(active):
-            t = trackers[i]
+            t = self.trackers[i]
             t.steps += n_steps
             row = {"train/loss": tl[j], "train/acc": ta[j], "val/loss": vl[j], "val/acc": va[j]}
             t.history["epoch"].append(epoch)
             for k in HISTORY_KEYS:
                 t.history[k].append(row[k])
-            if replicas[i].logger is not None:
-                replicas[i].logger.log_metrics(row, step=epoch)
+            if self.replicas[i].logger is not None:
+                self.replicas[i].logger.log_metrics(row, step=epoch)
             if t.better(row[t.monitor]):
                 t.best_value, t.best_epoch = row[t.monitor], epoch
                 improved.append(j)
@@ -319,80 +338,144 @@ def fit(nets: list[torch.nn.Module], replicas: Sequence[Replica], data: DataSpli
                     t.stopped_epoch, t.stop_reason = epoch, t.criterion.reason
             if not _finite(tl[j]):
                 t.diverged_epoch = epoch
-                log.warning("%s: replica %s: training loss is %s at epoch %d: stopping it as diverged",
-                            label, replicas[i].label or replicas[i].seed, tl[j], epoch)
+                log.warning("%s: training loss is %s at epoch %d: stopping %s as diverged", self.label, tl[j], epoch,
+                            self.replicas[i].label or f"seed {self.replicas[i].seed}")
             if fired or t.diverged_epoch is not None:
                 leaving.append(j)
-        last = epoch == max_epochs - 1
+        self.epochs_run = epoch + 1
+        last = self.epochs_run >= self.max_epochs
         state = pop.state()
         with torch.no_grad():
-            if best is not None and improved:
+            if self.best is not None and improved:
                 src = torch.tensor(improved, device=device)
                 dst = torch.tensor([active[j] for j in improved], device=device)
                 for k, v in state.items():
-                    best[k][dst] = v[src]
-            out = rows if last else torch.tensor(leaving, device=device, dtype=torch.long)
-            if len(out):
-                dst = torch.tensor([active[j] for j in out.tolist()], device=device)
+                    self.best[k][dst] = v[src]
+            out = list(range(len(active))) if last else leaving
+            if out:
+                src = torch.tensor(out, device=device)
+                dst = torch.tensor([active[j] for j in out], device=device)
                 for k, v in state.items():
-                    final[k][dst] = v[out]
-        if progress is not None:
-            progress(epoch + 1, max_epochs, len(active), sum(va) / len(va))
-        if leaving and not last:
+                    self.final[k][dst] = v[src]
+        means = {"train/loss": _mean(tl), "train/acc": _mean(ta), "val/loss": _mean(vl), "val/acc": _mean(va)}
+        if leaving:
             keep_rows = [j for j in range(len(active)) if j not in set(leaving)]
-            if not keep_rows:
-                break
-            keep = torch.tensor(keep_rows, device=device)
-            pop.select(keep)
-            opt.keep(keep, pop.params)
-            active = [active[j] for j in keep_rows]
-    train_seconds = time.perf_counter() - t1
+            if keep_rows and not last:
+                keep = torch.tensor(keep_rows, device=device)
+                pop.select(keep)
+                self.opt.keep(keep, pop.params)
+            self.active = [active[j] for j in keep_rows]
+        self.train_seconds += time.perf_counter() - t1
+        return means
 
-    # every replica is scored on its restored best (early-stopping arms) or its final weights
-    restored = [t.restore and t.best_epoch is not None for t in trackers]
-    end = {k: torch.where(torch.tensor(restored, device=device).view(-1, *([1] * (v.dim() - 1))), best[k], v)
-           if best is not None else v for k, v in final.items()}
-    scored = pop.with_state(end)
-    chunk = min(eval_batch_size, _eval_chunk(S))
-    splits = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
-    finals = {s: {m: v.tolist() for m, v in evaluate(scored, x, y, chunk, mc_samples).items()}
-              for s, (x, y) in splits.items()}
+    # -------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed training needs (tensors and plain values: torch.load(weights_only=True))."""
+        return {"params": {k: v.detach() for k, v in self.pop.params.items()}, "buffers": dict(self.pop.buffers),
+                "optimizer": self.opt.state_dict(), "final": self.final, "best": self.best,
+                "active": list(self.active), "epochs_run": self.epochs_run, "train_seconds": self.train_seconds,
+                "trackers": [_tracker_state(t) for t in self.trackers]}
 
-    import regbench
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        active = list(state["active"])
+        rows = torch.tensor(active, device=self.device, dtype=torch.long)
+        self.pop.select(rows)  # the population as it was: the replicas still training
+        self.pop.params = {k: v.to(self.device).clone().requires_grad_(True) for k, v in state["params"].items()}
+        self.pop.buffers = {k: v.to(self.device) for k, v in state["buffers"].items()}
+        self.opt.keep(rows, self.pop.params)
+        self.opt.load_state_dict(state["optimizer"])
+        self.final, self.best = state["final"], state["best"]
+        self.active, self.epochs_run, self.train_seconds = active, state["epochs_run"], state["train_seconds"]
+        for t, s in zip(self.trackers, state["trackers"]):
+            _load_tracker(t, s)
 
-    records = []
-    for i, t in enumerate(trackers):
-        metrics = {f"{s}/{m}": finals[s][m][i] for s in ("train", "val", "test") for m in ("acc", "loss")}
-        h = t.history
-        finite_val = [(l, a) for l, a in zip(h["val/loss"], h["val/acc"]) if l == l]
-        metrics["best_val/loss"] = min((l for l, _ in finite_val), default=float("nan"))
-        metrics["best_val/acc"] = max((a for _, a in finite_val), default=float("nan"))
-        diverged = t.diverged_epoch is not None or not all(map(_finite, metrics.values()))
-        extra: dict[str, Any] = {
-            "import_seconds": regbench.startup_seconds(), "setup_seconds": setup_seconds / S,
-            "device": device.type, "resumed": False, "pid": os.getpid(), "threads": torch.get_num_threads(),
-            "parameters": sum(v[0].numel() for v in pop.params.values()), "engine": "population",
-            "replicas": S, "replica_index": i, "population_train_seconds": train_seconds}
-        if mc_samples:
-            extra["mc_entropy_test"] = finals["test"]["entropy"][i]
-        records.append({
-            "status": "diverged" if diverged else "ok",
-            "metrics": metrics,
-            "best_epoch": t.best_epoch,
-            "epochs_trained": len(h["epoch"]),
-            "stopped_early": t.stopped_epoch is not None,
-            "stopped_epoch": t.stopped_epoch,
-            "stop_reason": t.stop_reason if t.stopped_epoch is not None else None,
-            "restored_best": restored[i],
-            "steps": t.steps,
-            "train_seconds": train_seconds / S,
-            "history": h,
-            "diverged_epoch": t.diverged_epoch,
-            "error": (None if not diverged else f"loss became non-finite at epoch {t.diverged_epoch}"
-                      if t.diverged_epoch is not None else "a final metric is non-finite"),
-            "extra": extra,
-        })
-    return records, scored, end
+    # -------------------------------------------------------------- the end
+    def finish(self) -> tuple[list[dict[str, Any]], Population, dict[str, torch.Tensor]]:
+        """Score every replica on its restored best (early-stopping arms) or final weights; one record
+        dict per replica (the measured fields of a run's record), the scored population, and the
+        state each replica is scored with (``pop.module(state, i)`` is replica i as a plain module)."""
+        import regbench
+
+        S, device, data = len(self.replicas), self.device, self.data
+        restored = [t.restore and t.best_epoch is not None for t in self.trackers]
+        best = self.best
+        end = {k: torch.where(torch.tensor(restored, device=device).view(-1, *([1] * (v.dim() - 1))), best[k], v)
+               if best is not None else v for k, v in self.final.items()}
+        scored = self.pop.with_state(end)
+        chunk = min(self.eval_batch_size, _eval_chunk(S))
+        splits = {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val),
+                  "test": (data.x_test, data.y_test)}
+        finals = {s: {m: v.tolist() for m, v in evaluate(scored, x, y, chunk, self.mc_samples).items()}
+                  for s, (x, y) in splits.items()}
+        records = []
+        for i, t in enumerate(self.trackers):
+            metrics = {f"{s}/{m}": finals[s][m][i] for s in ("train", "val", "test") for m in ("acc", "loss")}
+            h = t.history
+            finite_val = [(l, a) for l, a in zip(h["val/loss"], h["val/acc"]) if l == l]
+            metrics["best_val/loss"] = min((l for l, _ in finite_val), default=float("nan"))
+            metrics["best_val/acc"] = max((a for _, a in finite_val), default=float("nan"))
+            diverged = t.diverged_epoch is not None or not all(map(_finite, metrics.values()))
+            extra: dict[str, Any] = {
+                "import_seconds": regbench.startup_seconds(), "setup_seconds": self.setup_seconds / S,
+                "device": device.type, "resumed": False, "pid": os.getpid(), "threads": torch.get_num_threads(),
+                "parameters": sum(v[0].numel() for v in self.pop.params.values())}
+            if S > 1:  # a separate run's record (S = 1) has no engine keys, as before populations
+                extra.update(engine="population", replicas=S, replica_index=i,
+                             population_train_seconds=self.train_seconds)
+            if self.mc_samples:
+                extra["mc_entropy_test"] = finals["test"]["entropy"][i]
+            records.append({
+                "status": "diverged" if diverged else "ok",
+                "metrics": metrics,
+                "best_epoch": t.best_epoch,
+                "epochs_trained": len(h["epoch"]),
+                "stopped_early": t.stopped_epoch is not None,
+                "stopped_epoch": t.stopped_epoch,
+                "stop_reason": t.stop_reason if t.stopped_epoch is not None else None,
+                "restored_best": restored[i],
+                "steps": t.steps,
+                "train_seconds": self.train_seconds / S,
+                "history": h,
+                "diverged_epoch": t.diverged_epoch,
+                "error": (None if not diverged else f"loss became non-finite at epoch {t.diverged_epoch}"
+                          if t.diverged_epoch is not None else "a final metric is non-finite"),
+                "extra": extra,
+            })
+        return records, scored, end
+
+
+def fit(nets: list[torch.nn.Module], replicas: Sequence[Replica], data: DataSplits, *,
+        progress: Callable[[int, int, int, float], None] | None = None, **kwargs
+        ) -> tuple[list[dict[str, Any]], Population, dict[str, torch.Tensor]]:
+    """``Training`` driven by a plain loop (no Lightning): tests and benchmarks. ``progress(epoch,
+    max_epochs, active, mean_val_acc)`` is called after every epoch."""
+    t = Training(nets, replicas, data, **kwargs)
+    while not t.done:
+        active = len(t.active)
+        means = t.run_epoch(t.epochs_run)
+        if progress is not None:
+            progress(t.epochs_run, t.max_epochs, active, means["val/acc"])
+    return t.finish()
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+_TRACKER_FIELDS = ("best_value", "best_epoch", "stopped_epoch", "stop_reason", "diverged_epoch", "steps", "history")
+
+
+def _tracker_state(t: _Tracker) -> dict[str, Any]:
+    out = {k: getattr(t, k) for k in _TRACKER_FIELDS}
+    out["criterion"] = t.criterion.state_dict() if t.criterion is not None else None
+    return out
+
+
+def _load_tracker(t: _Tracker, state: dict[str, Any]) -> None:
+    for k in _TRACKER_FIELDS:
+        setattr(t, k, state[k])
+    if t.criterion is not None and state["criterion"] is not None:
+        t.criterion.load_state_dict(state["criterion"])
 
 
 def _eval_chunk(S: int, widest: int = 1024) -> int:

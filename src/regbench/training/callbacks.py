@@ -1,8 +1,8 @@
-"""Training-time behaviour that is not a regularizer: best-epoch tracking, history, divergence, progress."""
+"""Lightning callbacks of the training path: progress (a line every N epochs, or an epoch bar) and
+resumable checkpoints. Best epoch, stopping, divergence and history are per replica, in engine/fit.py."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -21,81 +21,6 @@ log = logging.getLogger("regbench")
 def _metric(trainer: pl.Trainer, key: str) -> float:
     v = trainer.callback_metrics.get(key)
     return float(v) if v is not None else math.nan
-
-
-class BestWeights(pl.Callback):
-    """Track the best validation epoch; with `restore=True`, load its weights when fit ends.
-
-    Kept in memory (tiny models), no checkpoint files. Every arm tracks `best_epoch`; only
-    early-stopping arms restore, so the others are tested on their final weights.
-    """
-
-    def __init__(self, monitor: str = "val/loss", mode: str = "min", restore: bool = False):
-        self.monitor, self.mode, self.restore = monitor, mode, restore
-        self.best_value = math.inf if mode == "min" else -math.inf
-        self.best_epoch: int | None = None
-        self.best_state: dict | None = None
-        self.restored = False
-
-    def _better(self, v: float) -> bool:
-        return v < self.best_value if self.mode == "min" else v > self.best_value
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        v = _metric(trainer, self.monitor)
-        if math.isfinite(v) and self._better(v):
-            self.best_value, self.best_epoch = v, trainer.current_epoch
-            if self.restore:
-                self.best_state = copy.deepcopy(pl_module.net.state_dict())
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.restore and self.best_state is not None:
-            pl_module.net.load_state_dict(self.best_state)
-            self.restored = True
-
-    def state_dict(self) -> dict:
-        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best_value, self.best_epoch, self.best_state = state["best_value"], state["best_epoch"], state["best_state"]
-
-
-class History(pl.Callback):
-    """Per-epoch train and validation metrics, kept for the results record (the report's curves).
-
-    Recorded at the end of each epoch, before a checkpoint of that epoch is written (the
-    checkpoint callback comes last), so a resumed run's history has every epoch once.
-    """
-
-    KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
-
-    def __init__(self):
-        self.rows: dict[str, list] = {"epoch": [], **{k: [] for k in self.KEYS}}
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.rows["epoch"].append(trainer.current_epoch)
-        for k in self.KEYS:
-            self.rows[k].append(_metric(trainer, k))
-
-    def state_dict(self) -> dict:
-        return {"rows": self.rows}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rows = state["rows"]
-
-
-class DivergenceGuard(pl.Callback):
-    """Stop the run when the epoch's training loss is NaN or infinite, and remember the epoch."""
-
-    def __init__(self):
-        self.diverged_epoch: int | None = None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if not bool(torch.isfinite(loss)):
-            self.diverged_epoch = trainer.current_epoch
-            trainer.should_stop = True
-            log.warning("training loss is %s at epoch %d: stopping this run as diverged",
-                        float(loss), trainer.current_epoch)
 
 
 class EpochProgress(pl.Callback):
@@ -160,8 +85,9 @@ class PeriodicCheckpoint(pl.Callback):
     Lightning itself took; here the steps run inside the epoch loop, so it would never save.
     """
 
-    def __init__(self, path: Path, every: int, owner: dict[str, str] | None = None):
+    def __init__(self, path: Path, every: int, owner: dict[str, str] | None = None, loggers: list | None = None):
         self.path, self.every, self.owner = Path(path), every, dict(owner or {})
+        self.loggers = [lg for lg in (loggers or []) if lg is not None]  # the run's own loggers (not Lightning's)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         # whose checkpoint it is (run id, config hash): a copy in another run's folder is refused there
@@ -171,7 +97,7 @@ class PeriodicCheckpoint(pl.Callback):
         if (trainer.current_epoch + 1) % self.every:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for logger in trainer.loggers:  # flush: the curves up to the checkpoint must outlive a kill, as it does
+        for logger in [*trainer.loggers, *self.loggers]:  # flush: the curves up to the checkpoint must outlive a kill
             logger.save()
         tmp = self.path.with_suffix(".tmp")
         trainer.save_checkpoint(tmp, weights_only=False)  # a full, resumable checkpoint (saying so silences Lightning's note)

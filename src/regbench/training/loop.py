@@ -1,13 +1,10 @@
-"""The inner training loop: one epoch of plain PyTorch mini-batch steps, and evaluation.
-
-Tiny models are bound by per-step overhead, not arithmetic, so the epoch is one tight loop over
-in-memory tensors batched with a `randperm` (no DataLoader, no per-step logging, no host sync):
-Lightning sees one "batch" per epoch and runs its callbacks, validation and logging around it.
-"""
+"""What the training path and its tests share: the objective's signature, plain cross-entropy, each
+epoch's batch order, and the evaluation of one plain network (the engine, engine/fit.py, trains
+populations; a network saved to best.ckpt is evaluated with `evaluate`)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -30,45 +27,6 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str = "cpu
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).to(device)
-
-
-class EpochData:
-    """An iterable of one item per epoch: Lightning's "batch" is the whole training set (and the
-    validation set the epoch ends with), as in-memory tensors."""
-
-    def __init__(self, *tensors: torch.Tensor):
-        self.tensors = tensors
-
-    def __len__(self) -> int:
-        return 1
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        yield self.tensors
-
-
-def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective,
-                x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch_size: int
-                ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One pass over `order` in mini-batches; returns (mean loss, accuracy, steps) as device tensors.
-
-    Loss and accuracy are running values in training mode (dropout on), like Lightning's
-    on-epoch train metrics; they stay on the device until the epoch ends.
-    """
-    # per step only keep references (no extra tensor ops): the epoch's metrics are computed once at the end
-    losses, logits_seen, sizes = [], [], []
-    for idx in order.split(batch_size):
-        xb, yb = x[idx], y[idx]
-        loss, logits = objective(net, xb, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-        logits_seen.append(logits.detach())
-        sizes.append(len(idx))
-    weights = torch.tensor(sizes, device=x.device, dtype=torch.float32)
-    mean_loss = (torch.stack(losses) * weights).sum() / weights.sum()
-    acc = (torch.cat(logits_seen).argmax(1) == y[order]).float().mean()
-    return mean_loss, acc, len(sizes)
 
 
 @torch.no_grad()
