@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regbench.app import make_optimizer
-from regbench.regularizers.constraints import MaxNorm, max_norm_
+from regbench.regularizers.constraints import max_norm_
 from regbench.regularizers.layers import Dropout
 from regbench.regularizers.objectives import rdrop
 from regbench.regularizers.schedules import DropoutSchedule, schedule_factor
@@ -28,12 +27,11 @@ def test_schedule_factor(kind, epoch, kw, expected):
     assert schedule_factor(kind, epoch, 170, **kw) == pytest.approx(expected)
 
 
-def test_schedule_callback_scales_each_layer_from_its_own_base_rate():
-    net = nn.Sequential(Dropout(0.2), nn.Linear(2, 2), Dropout(0.5))
-    cb = DropoutSchedule("curriculum", max_epochs=100, gamma=0.1)
-    for epoch, f in ((0, 0.0), (10, 1 - math.exp(-1)), (30, 1 - math.exp(-3))):
-        cb.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), SimpleNamespace(net=net))
-        assert net[0].p == pytest.approx(0.2 * f, abs=1e-6) and net[2].p == pytest.approx(0.5 * f, abs=1e-6)
+def test_a_schedule_is_its_factor_per_epoch():
+    sched = DropoutSchedule("curriculum", max_epochs=100, gamma=0.1)
+    assert [sched.factor(e) for e in (0, 10, 30)] == pytest.approx([0.0, 1 - math.exp(-1), 1 - math.exp(-3)])
+    assert DropoutSchedule("early", max_epochs=100, until=0.2).factor(19) == 1.0
+    assert DropoutSchedule("early", max_epochs=100, until=0.2).factor(20) == 0.0
 
 
 def test_max_norm_projects_each_unit_onto_the_ball():
@@ -46,16 +44,19 @@ def test_max_norm_projects_each_unit_onto_the_ball():
     assert torch.allclose(lin.weight[0], torch.tensor([1.2, 1.6, 0, 0]))  # direction kept
 
 
-def test_maxnorm_hook_runs_after_every_optimizer_step():
-    net = nn.Linear(3, 2)
-    opt = torch.optim.SGD(net.parameters(), lr=100.0)
-    cb = MaxNorm(1.0)
-    cb.on_fit_start(SimpleNamespace(optimizers=[opt]), SimpleNamespace(net=net))
-    for _ in range(3):
-        opt.zero_grad()
-        net(torch.randn(5, 3)).pow(2).sum().backward()
-        opt.step()
-        assert (net.weight.norm(dim=1) <= 1.0 + 1e-5).all()
+def test_population_max_norm_holds_each_replica_to_its_own_bound():
+    from regbench.engine.population import Population
+
+    nets = [nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)) for _ in range(3)]
+    for net in nets:
+        with torch.no_grad():
+            net[0].weight.mul_(100)
+    pop = Population(nets)
+    pop.max_norm_(torch.tensor([0.5, 1.0, float("inf")]))
+    norms = pop.params["0.weight"].norm(dim=2)  # [S, units]
+    assert (norms[0] <= 0.5 + 1e-5).all() and (norms[1] <= 1.0 + 1e-5).all()
+    assert torch.allclose(norms[1], torch.ones(2), atol=1e-5)  # the bound binds: projected onto it
+    assert torch.allclose(pop.params["0.weight"][2], nets[2][0].weight)  # no bound: untouched
 
 
 def test_rdrop_is_cross_entropy_plus_symmetric_kl_of_two_passes():

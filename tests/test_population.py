@@ -22,7 +22,7 @@ from regbench.engine.fit import Replica, fit
 from regbench.engine.population import NotStackable, Population
 from regbench.models import build_model
 from regbench.regularizers import build_regularization
-from regbench.regularizers.constraints import MaxNorm, max_norm_
+from regbench.regularizers.constraints import max_norm_
 from regbench.training.loop import cross_entropy, epoch_order, evaluate
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -88,7 +88,7 @@ def plain_net(data, seed, reg, *, model="mlp", optim="adam", lr=0.01, momentum=0
     """A separate run of `seed` with the framework's own inner loop, no Lightning."""
     net = net_of(data, seed, reg, model)
     opt = make_optimizer(optim, lr, momentum, reg.weight_decay)(net)
-    c = next((cb.c for cb in reg.callbacks if isinstance(cb, MaxNorm)), None)
+    c = reg.max_norm
     if c is not None:
         max_norm_(net, c)
         opt.register_step_post_hook(lambda *_: max_norm_(net, c))

@@ -81,16 +81,11 @@ def _finite(v: float) -> bool:
 
 
 def _tracker(reg: Regularization) -> _Tracker:
-    from regbench.regularizers.early_stopping import CriterionStopping
-
     t = _Tracker(monitor=reg.monitor, mode=reg.mode, restore=reg.restore_best)
-    stoppers = [c for c in reg.callbacks if isinstance(c, CriterionStopping)]
-    if len(stoppers) > 1:
-        raise NotStackable("more than one early-stopping criterion")
-    if stoppers:
-        t.criterion = copy.deepcopy(stoppers[0].criterion)
+    if reg.stopping is not None:
+        t.criterion = copy.deepcopy(reg.stopping.criterion)  # each replica its own criterion state
         t.criterion.reset()
-        t.stop_monitor, t.stop_mode = stoppers[0].monitor, stoppers[0].mode
+        t.stop_monitor, t.stop_mode = reg.stopping.monitor, reg.stopping.mode
     return t
 
 
@@ -107,10 +102,6 @@ def _shared(replicas: Sequence[Replica]) -> None:
 def _objective_key(objective: Callable) -> tuple:
     return (getattr(objective, "func", objective), getattr(objective, "args", ()),
             tuple(sorted(getattr(objective, "keywords", {}).items())))
-
-
-def _callback(reg: Regularization, kind: str):
-    return next((c for c in reg.callbacks if type(c).__name__ == kind), None)
 
 
 def _vector(values: Sequence[float], device) -> torch.Tensor:
@@ -276,10 +267,10 @@ class Training:
         self.trackers = [_tracker(reg) for reg in regs]
         if reseed if reseed is not None else S > 1:
             torch.manual_seed(zlib.crc32(("population:" + ",".join(f"{r.seed}/{r.label}" for r in replicas)).encode()))
-        bounds = [getattr(_callback(reg, "MaxNorm"), "c", None) for reg in regs]
+        bounds = [reg.max_norm for reg in regs]
         self.maxnorm = _vector([math.inf if c is None else c for c in bounds], device) if any(
             c is not None for c in bounds) else None
-        self.schedules = [_callback(reg, "DropoutSchedule") for reg in regs]
+        self.schedules = [reg.schedule for reg in regs]
         self.base_rates = {k: v.clone() for k, v in self.pop.buffers.items() if k in self.pop.rate_buffers()}
         if self.maxnorm is not None:
             self.pop.max_norm_(self.maxnorm)  # max-norm also projects the initial weights
@@ -301,14 +292,11 @@ class Training:
         """Train every active replica one epoch, validate, update its trackers (logging its curves);
         replicas that stopped or diverged leave. Returns the epoch's mean metrics over the replicas
         that trained it (what a progress bar shows)."""
-        from regbench.regularizers.schedules import schedule_factor
-
         t1 = time.perf_counter()
         pop, device, active = self.pop, self.device, self.active
         data = self.data
         if any(self.schedules):
-            factor = [schedule_factor(s.kind, epoch, s.max_epochs, s.gamma, s.until) if s else 1.0
-                      for s in (self.schedules[i] for i in active)]
+            factor = [s.factor(epoch) if s else 1.0 for s in (self.schedules[i] for i in active)]
             rows = torch.tensor(active, device=device)
             pop.set_rates({k: v[rows] for k, v in self.base_rates.items()}, _vector(factor, device))
         orders = torch.stack([epoch_order(len(data.y_train), self.replicas[i].seed, epoch) for i in active]).to(device)

@@ -2,12 +2,13 @@
 criterion, weight decay, a max-norm constraint, an R-Drop objective, MC-dropout testing), each
 given by its own node of `conf/regularizer/*.yaml`. `build_regularization` turns those nodes into
 what the rest of the system plugs in: model slots, Lightning callbacks, the training objective and
-the optimizer's weight decay. Combinations need no class of their own.
+the optimizer's weight decay, a max-norm bound, a dropout schedule and a stopping criterion, which the
+training engine (engine/fit.py) applies per replica. Combinations need no class of their own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Callable
 
@@ -17,22 +18,24 @@ from regbench.models.slots import Slots
 from regbench.training.loop import Objective, cross_entropy
 
 if TYPE_CHECKING:
-    import pytorch_lightning as pl
-
     from regbench.config import DropoutConfig, EarlyStopConfig
+    from regbench.regularizers.early_stopping import CriterionStopping
+    from regbench.regularizers.schedules import DropoutSchedule
 
 
 @dataclass
 class Regularization:
     name: str
     slots: Slots
-    callbacks: list["pl.Callback"] = field(default_factory=list)
     objective: Objective = cross_entropy
     weight_decay: float = 0.0
     monitor: str = "val/acc"        # what "best epoch" means for this arm
     mode: str = "max"
     restore_best: bool = False
     mc_samples: int = 0
+    max_norm: float | None = None                   # each unit's incoming weights projected to norm <= c, every step
+    schedule: "DropoutSchedule | None" = None       # the drop rates' factor per epoch
+    stopping: "CriterionStopping | None" = None     # the early-stopping criterion and what it reads
 
 
 def _dropout_slots(d: "DropoutConfig") -> Slots:
@@ -86,17 +89,15 @@ def build_regularization(name: str, *, dropout: "DropoutConfig | None", early_st
                          weight_decay=weight_decay, mc_samples=mc_samples)
     if dropout and dropout.schedule != "constant":
         from regbench.regularizers.schedules import DropoutSchedule
-        reg.callbacks.append(DropoutSchedule(dropout.schedule, max_epochs=max_epochs,
-                                             gamma=dropout.schedule_gamma, until=dropout.schedule_until))
+        reg.schedule = DropoutSchedule(dropout.schedule, max_epochs=max_epochs, gamma=dropout.schedule_gamma,
+                                       until=dropout.schedule_until)
     if early_stop:
         from regbench.regularizers.early_stopping import CriterionStopping
         reg.monitor = early_stop.monitor
         reg.mode = "min" if early_stop.monitor.endswith("loss") else "max"
         reg.restore_best = early_stop.restore_best
-        reg.callbacks.append(CriterionStopping(_criterion(early_stop), monitor=reg.monitor, mode=reg.mode))
-    if maxnorm is not None:
-        from regbench.regularizers.constraints import MaxNorm
-        reg.callbacks.append(MaxNorm(maxnorm))
+        reg.stopping = CriterionStopping(_criterion(early_stop), monitor=reg.monitor, mode=reg.mode)
+    reg.max_norm = maxnorm
     if rdrop_alpha is not None:
         from regbench.regularizers.objectives import rdrop
         reg.objective = partial(rdrop, alpha=rdrop_alpha)

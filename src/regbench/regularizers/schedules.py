@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
+from dataclasses import dataclass
 
 
 def schedule_factor(kind: str, epoch: int, max_epochs: int, gamma: float | None = None,
@@ -25,15 +25,13 @@ def schedule_factor(kind: str, epoch: int, max_epochs: int, gamma: float | None 
     raise ValueError(f"unknown dropout schedule {kind!r}: choose constant, curriculum or early")
 
 
-class DropoutSchedule(pl.Callback):
-    def __init__(self, kind: str, max_epochs: int, gamma: float | None = None, until: float | None = None):
-        self.kind, self.max_epochs, self.gamma, self.until = kind, max_epochs, gamma, until
-        self.base: dict[int, float] = {}
+@dataclass(frozen=True)
+class DropoutSchedule:
+    """A schedule of the drop rates: each layer's configured rate times ``factor(epoch)``."""
+    kind: str
+    max_epochs: int
+    gamma: float | None = None
+    until: float | None = None
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from regbench.regularizers.layers import dropout_layers
-
-        f = schedule_factor(self.kind, trainer.current_epoch, self.max_epochs, self.gamma, self.until)
-        for i, layer in enumerate(dropout_layers(pl_module.net)):
-            self.base.setdefault(i, layer.p)
-            layer.p = self.base[i] * f
+    def factor(self, epoch: int) -> float:
+        return schedule_factor(self.kind, epoch, self.max_epochs, self.gamma, self.until)
