@@ -165,7 +165,7 @@ def test_the_default_multirun_trains_one_population_with_one_ordinary_record_per
     recs = {p.parent.name: json.loads(p.read_text()) for p in root.rglob("results.json")}
     assert sorted((x["seed"], x["config"]["regularizer"]["dropout"]["p"]) for x in recs.values()) == [
         (0, 0.1), (0, 0.3), (1, 0.1), (1, 0.3)]
-    assert all(x["status"] == "ok" and x["extra"].get("engine") == "stacked" for x in recs.values())
+    assert all(x["status"] == "ok" and x["extra"].get("engine") == "population" for x in recs.values())
     assert all(name == x["run_id"] for name, x in recs.items())  # each in the folder Hydra names for its job
     assert len({x["extra"]["pid"] for x in recs.values()}) == 1  # one process trained them
     assert "4 jobs as one population" in r.stderr and "sweep finished: 4 runs: 4 ok" in r.stderr

@@ -20,7 +20,7 @@ if _log:
 
     _status = dict(kv.split("=") for kv in os.environ.get("REGBENCH_TEST_GROUP_STATUS", "").split(",") if kv)
 
-    def _fake_run_group(cfgs, dirs, label, keep_whole=False):
+    def _fake_run_group(cfgs, dirs, label, keep_whole=False, rcs=None):
         from omegaconf import OmegaConf
 
         from regbench.records import empty_record, write_record
