@@ -346,3 +346,53 @@ def test_a_replica_of_a_mixed_population_matches_a_population_of_its_own_rate_in
     diff = statistics.mean(a) - statistics.mean(b)
     se = math.sqrt(statistics.variance(a) / 20 + statistics.variance(b) / 20)
     assert abs(diff) < 3 * se, (diff, se)
+
+
+# ------------------------------------------------------------------------------------ what Lightning users expect
+def test_the_debug_preset_is_a_quick_whole_run(tmp_path):
+    from conftest import cli
+
+    r = cli("debug=quick", f"runs_root={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (record_file,) = list((tmp_path / "debug").rglob("results.json"))
+    import json
+
+    rec = json.loads(record_file.read_text())
+    assert rec["status"] == "ok" and rec["epochs_trained"] == 2 and rec["steps"] == 2 * 5  # 500 examples / 100
+    run = record_file.parent
+    assert (run / "best.ckpt").exists() and (run / "run.log").exists() and list(run.glob("events.out.tfevents.*"))
+    assert "epoch 1/2" in r.stderr and "epoch 2/2" in r.stderr  # progress_every=1
+
+
+def test_a_population_trains_in_bf16_mixed_precision(small):
+    """trainer.precision=bf16-mixed: Lightning's autocast wraps the epoch, vmap included."""
+    reg = reg_for("dropout")
+    nets = [net_of(small, s, reg) for s in (0, 1)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        recs = population(small, [0, 1], reg, epochs=2, nets=nets)
+    fp32 = population(small, [0, 1], reg, epochs=2)
+    for a, b in zip(recs, fp32):
+        assert a["status"] == "ok" and a["history"]["train/loss"][1] < a["history"]["train/loss"][0]
+        assert a["history"]["train/loss"] != b["history"]["train/loss"]  # bf16 arithmetic did happen
+
+
+def test_gradient_clipping_bounds_each_replicas_own_step(small):
+    """trainer.gradient_clip_val: with SGD (no momentum) at lr 1, a clipped replica's first step moves
+    its weights by at most the clip norm, whatever the other replicas' gradients."""
+    reg = reg_for("none")
+    members = [Replica(seed=s, reg=reg, lr=1.0) for s in (0, 1)]
+    nets = [net_of(small, s, reg) for s in (0, 1)]
+    before = [torch.cat([p.detach().flatten() for p in n.parameters()]) for n in nets]
+    from regbench.engine.fit import Training
+
+    t = Training(nets, members, small, optim_name="sgd", batch_size=1000, max_epochs=1, eval_batch_size=1000,
+                 clip=0.05)
+    t.run_epoch(0)  # one step: 1000 examples, batch 1000
+    for i, b in enumerate(before):
+        after = torch.cat([t.pop.params[k][i].detach().flatten() for k in t.pop.params])
+        assert (after - b).norm() == pytest.approx(0.05, rel=1e-3)  # clipped to the bound (the raw norm is larger)
+    unclipped = Training([net_of(small, s, reg) for s in (0, 1)], members, small, optim_name="sgd", batch_size=1000,
+                         max_epochs=1, eval_batch_size=1000)
+    unclipped.run_epoch(0)
+    moved = torch.cat([unclipped.pop.params[k][0].detach().flatten() for k in unclipped.pop.params]) - before[0]
+    assert moved.norm() > 0.1

@@ -246,8 +246,6 @@ def run_replicas(cfg: DictConfig, rc: RunConfig, run_dir: Path) -> str:
 def population_refusal(rc: RunConfig) -> str | None:
     """Why the population engine does not train this config (a trainer setting it does not
     implement), or None. Such runs train separately, with a log line."""
-    if rc.trainer.precision != "32-true":
-        return f"trainer.precision={rc.trainer.precision} (populations train in float32)"
     if rc.trainer.checkpoint_every:
         return "trainer.checkpoint_every > 0 (populations write no resumable checkpoints)"
     if rc.trainer.devices not in (1, "1", None, "auto"):
