@@ -184,7 +184,8 @@ def test_a_killed_tuning_run_resumes_without_repeating_a_finished_trial(tmp_path
 
 
 def test_a_trial_whose_records_are_ok_is_read_by_run_id_not_retrained(tmp_path):
-    from regbench.tuning.study import _marked, train_seeds
+    from regbench.app import train_seeds
+    from regbench.tuning.study import _marked
 
     cfg = _marked(compose(["regularizer=dropout", *TINY_TUNED]), {"optim.lr": 0.003}, "tune", 0, "s")
     first = train_seeds(cfg, [0, 1], tmp_path, "g", True, "t")
@@ -199,13 +200,14 @@ def test_a_trial_whose_records_are_ok_is_read_by_run_id_not_retrained(tmp_path):
 def test_selection_ignores_the_test_split(tmp_path, monkeypatch):
     """A planted permutation of the test labels changes every test metric and no choice."""
     import regbench.data
-    from regbench.tuning.space import study_name
+    from regbench.naming import study_name
+    from regbench.app import train_seeds
     from regbench.tuning.study import run_study
 
     cfg = compose(["regularizer=dropout", *TINY_TUNED])
 
     def chosen(folder: Path):
-        status, best = run_study(cfg, folder / study_name(cfg))
+        status, best = run_study(cfg, folder / study_name(cfg), train_seeds)
         assert status == "ok"
         recs = records(folder)
         trials = sorted((x["config"]["protocol"]["trial"], x["seed"], x["config"]["optim"]["lr"],

@@ -24,8 +24,8 @@ import regbench
 
 from regbench.config import ConfigError, RunConfig, validate
 from regbench.naming import config_hash, group_hash, run_id
-from regbench.health import COLLAPSED, mark_health
-from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
+from regbench.health import mark_health
+from regbench.records import DONE, RESULTS_FILE, empty_record, read_record, worst as _worst, write_record
 from regbench.rundir import (CHECKPOINT_DIR, RunLock, attempt_dir, clean_partial, drop_attempt, load_checkpoint,
                              resumable_checkpoint, swap_in_attempt)
 
@@ -187,7 +187,7 @@ def run_tuned(cfg: DictConfig, study_dir: Path) -> Outcome:
     except ConfigError as e:
         return Outcome(_reject(e, study_dir))
     try:
-        status, best = run_study(cfg, study_dir)
+        status, best = run_study(cfg, study_dir, train_seeds)
     except SystemExit as e:
         _exit_on_sigterm(e)
         raise
@@ -209,12 +209,6 @@ def _exit_on_sigterm(e: SystemExit) -> None:
         raise SystemExit(128 + 15) from e
 
 
-WORST_FIRST = ("failed", "rejected", "diverged", COLLAPSED, "busy", "ok", "skipped")
-DONE = ("ok", COLLAPSED)  # finished records a rerun skips (a collapsed run would collapse again: same seed)
-
-
-def _worst(statuses: list[str]) -> str:
-    return min(statuses, key=WORST_FIRST.index)
 
 
 def _is_done(run_dir: Path) -> bool:
@@ -377,6 +371,65 @@ def train_population(cfgs: list[DictConfig], rcs: list[RunConfig], dirs: list[Pa
                                 hparams=[_hparams(cfgs[i]) for i in rows], label=label)
         out.update(zip(rows, results))
     return [out[i] for i in range(len(cfgs))]
+
+
+def _ok_record(run_dir: Path) -> dict | None:
+    """The run's record when it is finished for good (ok, or collapsed: the same seed collapses again)."""
+    try:
+        r = read_record(run_dir / RESULTS_FILE)
+    except ValueError:
+        return None
+    return r if r["status"] in DONE else None
+
+
+def train_seeds(cfg: DictConfig, seeds: list[int], out_dir: Path, group_hash: str | None, stack: bool,
+                label: str) -> list[dict]:
+    """protocol=tuned's trainer (tuning/study.run_study receives it): train `cfg` on `seeds` (one
+    population when possible); write one record per seed into
+    `out_dir/<run id>/`; return the records in seed order. Records already ok are read, not retrained."""
+    cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
+    dirs = [out_dir / run_id(c) for c in cfgs]
+    records: list[dict | None] = [_ok_record(d) for d in dirs]
+    todo = [i for i, r in enumerate(records) if r is None]
+    if not todo:
+        return records  # type: ignore[return-value]
+    rc = validate(cfg)
+    data_keys = [k for k in cfg.data if k != "name"]
+    model_keys = [k for k in cfg.model if k != "name"]
+    results: dict[int, dict] = {}
+    why = population_refusal(rc) if stack and len(todo) > 1 else "not stacked"
+    if why is None:
+        for i in todo:
+            dirs[i].mkdir(parents=True, exist_ok=True)
+            clean_partial(dirs[i])
+        out = train_population([cfgs[i] for i in todo], [replace(rc, seed=seeds[i]) for i in todo],
+                                   [dirs[i] for i in todo], label=label)
+        results = dict(zip(todo, out))
+    elif why != "not stacked":
+        log.info("%s: training the seeds separately: %s", label, why)
+    for i in todo:
+        d = dirs[i]
+        d.mkdir(parents=True, exist_ok=True)
+        rc_i = replace(rc, seed=seeds[i])
+        record = _base_record(cfgs[i], rc_i, d)
+        if i not in results:
+            clean_partial(d)
+            try:
+                results[i] = train(rc_i, d, data_keys=data_keys, model_keys=model_keys,
+                                       hparams=_hparams(cfgs[i]))
+            except _rejected():
+                raise
+            except Exception as e:  # a failed run is recorded, never lost
+                (d / "traceback.txt").write_text(traceback.format_exc())
+                results[i] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+                log.error("%s seed %d failed: %s", label, seeds[i], results[i]["error"])
+        record.update(results[i])
+        if group_hash is not None:
+            record["group_hash"] = group_hash
+        record = mark_health(record)
+        write_record(d, record)
+        records[i] = record
+    return records  # type: ignore[return-value]
 
 
 def checkpoint_owner(cfg: DictConfig, run_dir: Path) -> dict[str, str]:

@@ -24,12 +24,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from regbench.records import lookup
+from regbench.records import COLLAPSED, lookup
 
 CHANCE_MARGIN = 0.05     # train accuracy within 5 pp of chance: the net has learnt (next to) nothing
 DEAD_FRACTION = 0.85     # >= 85 % of hidden units never active on the test set
 DEFAULT_CLASSES = 10     # every built-in dataset (mnist1d, mnist5k, digits, mnist, fashion_mnist, cifar10)
-COLLAPSED = "collapsed"
 
 
 def dead_fraction(record: dict[str, Any]) -> float | None:

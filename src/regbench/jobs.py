@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from regbench.app import DONE
+from regbench.records import DONE
 from regbench.naming import group_hash, run_id
 from regbench.records import RESULTS_FILE, empty_record, read_record, write_record
 from regbench.rundir import LOCK_FILE, RunLock

@@ -66,13 +66,31 @@ def config_hash(cfg: DictConfig | dict) -> str:
     return short_hash(result_config(cfg), 16)
 
 
+def tuning_spec(cfg: DictConfig | dict) -> dict[str, Any]:
+    """What decides which trials a study runs: the base config (minus seed), both spaces, the tuning
+    seeds, the metric and the sampler. Not the number of trials (a larger N continues the study),
+    nor the final seeds."""
+    plain = _plain(cfg)
+    prot = plain.get("protocol") or {}
+    d = result_config(cfg)
+    d.pop("seed", None)
+    return {"config": d, "arm_space": (plain.get("regularizer") or {}).get("tune"),
+            **{k: prot.get(k) for k in ("tune", "tune_seeds", "tune_seed_start", "metric", "sampler",
+                                        "sampler_seed", "stack")}}
+
+
+def study_name(cfg: DictConfig | dict) -> str:
+    """The arm's study: its folder in the sweep folder and its Optuna study name."""
+    plain = _plain(cfg)
+    parts = ["tuned", str(plain["data"]["name"]), str(plain["model"]["name"]), str(plain["regularizer"]["name"])]
+    return "-".join(parts).replace("/", "_") + "-" + short_hash(tuning_spec(cfg))
+
+
 def run_id(cfg: DictConfig | dict) -> str:
     plain = _plain(cfg)
     protocol = plain.get("protocol") or {}
     if protocol.get("name") == "tuned" and not protocol.get("role"):
-        from regbench.tuning.space import study_name  # the folder of an arm's tuning study
-
-        return study_name(cfg)
+        return study_name(cfg)  # the folder of an arm's tuning study
     d = result_config(cfg)
     parts = [str(d["data"]["name"]), str(d["model"]["name"]), str(d["regularizer"]["name"])]
     dropout = d["regularizer"].get("dropout")

@@ -43,6 +43,16 @@ from typing import Any
 
 from regbench.atomic import write_atomic
 
+# the statuses a run ends with, worst first (a sweep's summary is its worst); a collapsed run is one
+# whose ok training ended at chance (health.py marks it)
+COLLAPSED = "collapsed"
+WORST_FIRST = ("failed", "rejected", "diverged", COLLAPSED, "busy", "ok", "skipped")
+DONE = ("ok", COLLAPSED)  # finished records a rerun skips (a collapsed run would collapse again: same seed)
+
+
+def worst(statuses: list[str]) -> str:
+    return min(statuses, key=WORST_FIRST.index)
+
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 STATUSES = ("ok", "collapsed", "diverged", "failed")  # collapsed: see regbench.health

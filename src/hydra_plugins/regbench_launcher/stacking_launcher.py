@@ -148,7 +148,8 @@ def _run_group(hydra_context: HydraContext, cfgs: list[DictConfig]) -> list[JobR
     """The group's population, trained inside the Hydra job of its first job; then every job's own
     Hydra job, whose task returns that job's outcome (or raises the population's error)."""
     from regbench import jobs
-    from regbench.app import DONE, Outcome, run_group
+    from regbench.app import Outcome, run_group
+    from regbench.records import DONE
 
     dirs = [Path(jobs.job_dir(c)).absolute() for c in cfgs]
     label = f"{dirs[0].name} (+{len(dirs) - 1} stacked)"
@@ -184,7 +185,7 @@ def _run_group(hydra_context: HydraContext, cfgs: list[DictConfig]) -> list[JobR
 
 def objective(task_cfg: DictConfig, run_dir: Path, status: str) -> float:
     """The job's `protocol.metric` from its record (what a sweeper optimizes); NaN without an ok one."""
-    from regbench.app import DONE
+    from regbench.records import DONE
     from regbench.records import RESULTS_FILE, read_record
 
     if status not in (*DONE, "skipped"):

@@ -157,26 +157,6 @@ def grid(params: list[Param], n_trials: int) -> dict[str, list]:
     return out
 
 
-def tuning_spec(cfg: DictConfig) -> dict[str, Any]:
-    """What decides which trials a study runs: the base config (minus seed), both spaces, the tuning
-    seeds, the metric and the sampler. Not the number of trials (a larger N continues the study),
-    nor the final seeds."""
-    plain = _plain(cfg)
-    prot = plain.get("protocol") or {}
-    d = result_config(cfg)
-    d.pop("seed", None)
-    return {"config": d, "arm_space": (plain.get("regularizer") or {}).get("tune"),
-            **{k: prot.get(k) for k in ("tune", "tune_seeds", "tune_seed_start", "metric", "sampler",
-                                        "sampler_seed", "stack")}}
-
-
-def study_name(cfg: DictConfig | dict) -> str:
-    """The arm's study: its folder in the sweep folder and its Optuna study name."""
-    plain = _plain(cfg)
-    parts = ["tuned", str(plain["data"]["name"]), str(plain["model"]["name"]), str(plain["regularizer"]["name"])]
-    return "-".join(parts).replace("/", "_") + "-" + short_hash(tuning_spec(cfg))
-
-
 def final_group_hash(cfg: DictConfig, params: list[Param]) -> str:
     """The pooling key of every arm's final runs: the base config minus seed, regularizer and the
     shared tuned keys (each arm has its own tuned values of those), plus the protocol's budget. The

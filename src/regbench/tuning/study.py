@@ -26,90 +26,27 @@ from __future__ import annotations
 
 import logging
 import random
-import traceback
 import warnings
-from dataclasses import replace
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from regbench.config import ConfigError, validate
 from regbench.naming import result_config, run_id, short_hash
-from regbench.health import mark_health
-from regbench.records import read_record, RESULTS_FILE, write_record
-from regbench.rundir import RunLock, clean_partial
+from regbench.records import worst
+from regbench.rundir import RunLock
 from regbench.tuning import space as S
 
 log = logging.getLogger("regbench")
 DB_FILE = "study.db"
+# (cfg, seeds, out_dir, group_hash, stack, label) -> one record per seed, in seed order
+TrainSeeds = Callable[[DictConfig, list, Path, Any, bool, str], list]
 
 
 def direction(metric: str) -> str:
     return "minimize" if metric.endswith("loss") else "maximize"
-
-
-def _ok_record(run_dir: Path) -> dict | None:
-    """The run's record when it is finished for good (ok, or collapsed: the same seed collapses again)."""
-    from regbench.app import DONE
-
-    try:
-        r = read_record(run_dir / RESULTS_FILE)
-    except ValueError:
-        return None
-    return r if r["status"] in DONE else None
-
-
-def train_seeds(cfg: DictConfig, seeds: list[int], out_dir: Path, group_hash: str | None, stack: bool,
-                label: str) -> list[dict]:
-    """Train `cfg` on `seeds` (stacked when possible); write one record per seed into
-    `out_dir/<run id>/`; return the records in seed order. Records already ok are read, not retrained."""
-    from regbench import app
-
-    cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
-    dirs = [out_dir / run_id(c) for c in cfgs]
-    records: list[dict | None] = [_ok_record(d) for d in dirs]
-    todo = [i for i, r in enumerate(records) if r is None]
-    if not todo:
-        return records  # type: ignore[return-value]
-    rc = validate(cfg)
-    data_keys = [k for k in cfg.data if k != "name"]
-    model_keys = [k for k in cfg.model if k != "name"]
-    results: dict[int, dict] = {}
-    why = app.population_refusal(rc) if stack and len(todo) > 1 else "not stacked"
-    if why is None:
-        for i in todo:
-            dirs[i].mkdir(parents=True, exist_ok=True)
-            clean_partial(dirs[i])
-        out = app.train_population([cfgs[i] for i in todo], [replace(rc, seed=seeds[i]) for i in todo],
-                                   [dirs[i] for i in todo], label=label)
-        results = dict(zip(todo, out))
-    elif why != "not stacked":
-        log.info("%s: training the seeds separately: %s", label, why)
-    for i in todo:
-        d = dirs[i]
-        d.mkdir(parents=True, exist_ok=True)
-        rc_i = replace(rc, seed=seeds[i])
-        record = app._base_record(cfgs[i], rc_i, d)
-        if i not in results:
-            clean_partial(d)
-            try:
-                results[i] = app.train(rc_i, d, data_keys=data_keys, model_keys=model_keys,
-                                       hparams=app._hparams(cfgs[i]))
-            except app._rejected():
-                raise
-            except Exception as e:  # a failed run is recorded, never lost
-                (d / "traceback.txt").write_text(traceback.format_exc())
-                results[i] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-                log.error("%s seed %d failed: %s", label, seeds[i], results[i]["error"])
-        record.update(results[i])
-        if group_hash is not None:
-            record["group_hash"] = group_hash
-        record = mark_health(record)
-        write_record(d, record)
-        records[i] = record
-    return records  # type: ignore[return-value]
 
 
 def trial_group_hash(cfg: DictConfig) -> str:
@@ -142,8 +79,11 @@ def counted(trial) -> bool:
                                                   and not trial.user_attrs.get("interrupted"))
 
 
-def run_study(cfg: DictConfig, study_dir: Path) -> tuple[str, float]:
-    """Tune one arm, then train its chosen config on the final seeds. Returns (status, best score)."""
+def run_study(cfg: DictConfig, study_dir: Path, train_seeds: TrainSeeds) -> tuple[str, float]:
+    """Tune one arm, then train its chosen config on the final seeds. Returns (status, best score).
+
+    `train_seeds(cfg, seeds, out_dir, group_hash, stack, label) -> records`: the composition root's
+    trainer of one config on several seeds (`app.train_seeds`), one record per seed."""
     import optuna
     from optuna.trial import TrialState
 
@@ -223,8 +163,6 @@ def run_study(cfg: DictConfig, study_dir: Path) -> tuple[str, float]:
         log.info("%s: chose trial %d (%s %.4f over %d seeds): %s; %d final seeds, mean test/acc %.4f", name,
                  best.number, p.metric, best.value, p.tune_seeds, best.params, len(recs),
                  sum(ok) / len(ok) if ok else float("nan"))
-        from regbench.app import _worst
-
-        return _worst(statuses or ["ok"]), float(best.value)
+        return worst(statuses or ["ok"]), float(best.value)
     finally:
         lock.release()
