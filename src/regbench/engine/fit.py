@@ -108,21 +108,24 @@ def _vector(values: Sequence[float], device) -> torch.Tensor:
     return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
 
 
-def make_optimizer(pop: Population, name: str, lr: torch.Tensor, weight_decay: torch.Tensor,
-                   momentum: torch.Tensor):
+def make_optimizer(pop: Population, name: str, lr: Sequence[float], weight_decay: Sequence[float],
+                   momentum: Sequence[float]):
     """The population's optimizer. Replicas that share lr, weight decay and momentum get torch's own
-    fused Adam / SGD on the stacked tensors (elementwise, so each row is its replica's separate
-    optimizer; ~4x faster per step than the per-replica one at S = 50, benchmarks/bench_stacked_optim.py);
-    otherwise engine/optim.py's StackedOptimizer with the [S] vectors."""
-    from regbench.engine.optim import StackedOptimizer, uniform
+    Adam / SGD on the stacked tensors (elementwise, so each row is its replica's separate optimizer;
+    fused, ~4x faster per step than the per-replica one at S = 50, benchmarks/bench_stacked_optim.py);
+    otherwise engine/optim.py's StackedOptimizer with [S] vectors (float64, so each replica's lr is
+    the float its config gives, not float32's nearest)."""
+    from regbench.engine.optim import StackedOptimizer
 
     if name not in ("adam", "sgd"):
         raise NotStackable(f"optimizer {name!r} is not stacked (adam, sgd)")
-    if uniform(lr) and uniform(weight_decay) and (name == "adam" or uniform(momentum)):
+    if len(set(lr)) == 1 and len(set(weight_decay)) == 1 and (name == "adam" or len(set(momentum)) == 1):
         return SharedOptimizer(pop.params, name, float(lr[0]), float(weight_decay[0]), pop.decayed(),
                                float(momentum[0]))
-    return StackedOptimizer(pop.params, name, lr=lr.double(), weight_decay=weight_decay.double(),
-                            decay=pop.decayed(), momentum=momentum.double() if name == "sgd" else None)
+    device = pop.device
+    vec = lambda v: torch.tensor([float(x) for x in v], dtype=torch.float64, device=device)  # noqa: E731
+    return StackedOptimizer(pop.params, name, lr=vec(lr), weight_decay=vec(weight_decay), decay=pop.decayed(),
+                            momentum=vec(momentum) if name == "sgd" else None)
 
 
 class SharedOptimizer:
@@ -140,6 +143,11 @@ class SharedOptimizer:
                   {"params": [params[k] for k in self.names if k not in self.decay], "weight_decay": 0.0}]
         make = (lambda **kw: torch.optim.Adam(groups, lr=self.lr, **kw)) if self.name == "adam" else (
             lambda **kw: torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, **kw))
+        if next(iter(params.values())).shape[0] == 1:
+            # a population of one is an ordinary run: torch's default implementation, the plain loop's own,
+            # so its trajectory stays equal to a plain PyTorch loop's (the fused kernel rounds differently,
+            # and Adam amplifies last-bit differences until, ~8 epochs on, the losses part by 1e-3 and more)
+            return make()
         try:
             return make(fused=True)  # one pass per tensor instead of ~10; the same update up to rounding
         except (RuntimeError, ValueError, TypeError):  # a device or torch without fused kernels
@@ -274,9 +282,8 @@ class Training:
         self.base_rates = {k: v.clone() for k, v in self.pop.buffers.items() if k in self.pop.rate_buffers()}
         if self.maxnorm is not None:
             self.pop.max_norm_(self.maxnorm)  # max-norm also projects the initial weights
-        self.opt = make_optimizer(self.pop, optim_name, _vector([r.lr for r in replicas], device),
-                                  _vector([reg.weight_decay for reg in regs], device),
-                                  _vector([r.momentum for r in replicas], device))
+        self.opt = make_optimizer(self.pop, optim_name, [r.lr for r in replicas], [reg.weight_decay for reg in regs],
+                                  [r.momentum for r in replicas])
         self.final = self.pop.snapshot()                                   # every replica's last weights
         self.best = self.pop.snapshot() if any(t.restore for t in self.trackers) else None
         self.active = list(range(S))                                       # population row j is replica active[j]
