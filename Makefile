@@ -37,7 +37,7 @@ test-cluster: $(STAMP)   ## sweeps through a real SLURM cluster (as root, first:
 # either study's per-arm table is newer than it.
 tables: $(STAMP)  ## regenerate the reports whose records changed (no training); says what it rebuilt
 	$(PY) -m regbench.tables --each $(if $(FORCE),,--if-changed) runs experiments
-	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) -m regbench.study $(STUDY) $(if $(FORCE),,--if-changed); fi
+	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) $(STUDY)/analysis.py $(STUDY) $(if $(FORCE),,--if-changed); fi
 	if [ -f $(REPLICAS)/per_arm.csv ] && [ -f $(STUDY)/per_arm.csv ] && { [ -n "$(FORCE)" ] || \
 	    [ ! -f $(REPLICAS)/agreement.md ] || [ $(REPLICAS)/per_arm.csv -nt $(REPLICAS)/agreement.md ] || \
 	    [ $(STUDY)/per_arm.csv -nt $(REPLICAS)/agreement.md ]; }; then \
@@ -59,7 +59,7 @@ endef
 
 STUDY := experiments/dropout_vs_early_stopping
 study: $(STAMP)   ## the dropout-vs-early-stopping study from scratch (runs already on disk are skipped)
-	$(call timed_study,study,dropout_vs_early_stopping,$(STUDY),$(PY) -m regbench.study $(STUDY))
+	$(call timed_study,study,dropout_vs_early_stopping,$(STUDY),$(PY) $(STUDY)/analysis.py $(STUDY))
 
 REPLICAS := experiments/dropout_vs_early_stopping_replicas
 study-replicas: $(STAMP)   ## the same study with stacked replicas (10 seeds per model), timed, then compared with it

@@ -1,15 +1,21 @@
-"""The study report generator (regbench.study) on synthetic experiment folders with known effects."""
+"""The study's report generator (experiments/dropout_vs_early_stopping/analysis.py, on
+regbench.reporting.claims) on synthetic experiment folders with known effects."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from regbench import study as S
+from regbench.reporting import claims as C
 from regbench.reporting.synthetic import make_record, write_runs
+
+STUDY = Path(__file__).resolve().parents[1] / "experiments" / "dropout_vs_early_stopping"
+sys.path.insert(0, str(STUDY))
+import analysis as S  # noqa: E402  (the study's own module, beside its records)
 
 CLAIM_HEADINGS = (
     "## Claim 1: dropout prevents overfitting",
@@ -81,7 +87,7 @@ def make_study(root: Path, **kw) -> Path:
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     d = make_study(tmp_path_factory.mktemp("study"))
-    (d / S.TIMING_FILE).write_text(json.dumps({"seconds": 5400.0, "command": "python run.py -m experiment=X",
+    (d / C.TIMING_FILE).write_text(json.dumps({"seconds": 5400.0, "command": "python run.py -m experiment=X",
                                                "machine": "2-core test box"}))
     study = S.write_study(d, plots=False)  # the generic plots take seconds; size_effect.png is tested below
     return d, study
@@ -113,20 +119,20 @@ def test_numbers_shown_are_the_dataframe_values(full):
         for arm in ("none", "dropout", "early_stop"):
             r = pa[(pa["data"] == data) & (pa["model"] == model) & (pa["regularizer"] == arm)
                    & (pa["config"] == config_hash(data, model))].iloc[0]
-            assert S.fmt_acc(r["test_acc_mean"], r["test_acc_ci95_low"], r["test_acc_ci95_high"]) in text
+            assert C.fmt_acc(r["test_acc_mean"], r["test_acc_ci95_low"], r["test_acc_ci95_high"]) in text
         r = pw[(pw["data"] == data) & (pw["model"] == model) & (pw["regularizer"] == "dropout")
                & (pw["config"] == config_hash(data, model))].iloc[0]
         row = f"| {data}/{model} |"
         line = next(ln for ln in text.splitlines() if ln.startswith(row) and
-                    S.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in ln)
+                    C.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in ln)
         # claim 1's p-values are Holm within its own family (the 5 settings), not pairwise.md's
         c = next(c for k, c in study.families["claim1_accuracy"].items() if k[1].data == data and k[1].model == model)
-        assert f"| {S.fmt_p(c.p_holm)} | {c.outcome} |" in line
+        assert f"| {C.fmt_p(c.p_holm)} | {c.outcome} |" in line
         assert c.result["p_verdict"] <= c.p_holm <= min(1.0, 5 * c.result["p_verdict"]) + 1e-15
     # the size axis shows the pairwise rows of each size's own config
     for n in (500, 1000, 2000):
         r = pw[(pw["config"] == config_hash("mnist1d", "mlp", n)) & (pw["regularizer"] == "dropout")].iloc[0]
-        assert S.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in text
+        assert C.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in text
 
 
 def test_verdicts_fire_on_clear_effects(full):
@@ -180,7 +186,7 @@ def test_regeneration_is_byte_identical(full, tmp_path):
     (["not run", "not testable"], "not run"),
 ])
 def test_tally_rule(outcomes, category):
-    assert S.tally(outcomes)[0] == category
+    assert C.tally(outcomes)[0] == category
 
 
 def test_dropout_worse_everywhere_is_contradicted_and_mixed_is_mixed(tmp_path):

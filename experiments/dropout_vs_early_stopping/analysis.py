@@ -1,14 +1,16 @@
 """The dropout-versus-early-stopping study: the seed document's claims against measured numbers.
 
-    python -m regbench.study [EXPERIMENT_DIR] [--template FILE] [--no-plots]
+    python experiments/dropout_vs_early_stopping/analysis.py [EXPERIMENT_DIR] [--template FILE] [--no-plots]
+        [--if-changed]
 
-Reads every results.json below EXPERIMENT_DIR (default experiments/dropout_vs_early_stopping, a
-Hydra sweep folder with one sub-folder per run), writes the comparison tables and plots there
+Reads every results.json below EXPERIMENT_DIR (default: this folder, the study's Hydra sweep folder
+with one sub-folder per run), writes the comparison tables and plots there
 (`regbench.reporting.write_report`: per_arm, pairwise, ranking, curves, intervals, gap), then
 size_effect.png and README.md. README.md is `report_template.md` (EXPERIMENT_DIR's own if it has
-one, else the repository's experiments/dropout_vs_early_stopping/report_template.md) filled by
-`string.Template` with tables and verdicts computed here from the records: no number is typed by
-hand, and regenerating from the same records gives the same bytes (no timestamps, fixed order).
+one, else this folder's) filled by `string.Template` with tables and verdicts computed here from
+the records (`regbench.reporting.claims`: comparisons, Holm families, verdict rules, rendering): no
+number is typed by hand, and regenerating from the same records gives the same bytes (no
+timestamps, fixed order).
 
 What the records need: `data`, `model`, `regularizer`, `seed`, `group_hash`, `metrics`, `config`
 (its `data.train_size` puts a run on the training-set-size axis; null = the whole training split)
@@ -22,11 +24,8 @@ Exit status: 0 on success, 1 when there are no readable records, 2 on a usage er
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
+import hashlib
 import math
-import string
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,21 +35,21 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from regbench import health
-from regbench.atomic import write_atomic
 from regbench.records import lookup, read_record
-from regbench.reporting import stats
+from regbench.reporting import claims, stats
+from regbench.reporting.claims import (NOT_MEASURED, NOT_RUN, README_NAME, TESTED, VERDICT_RULE,
+                                       Context, accuracy_family, acc_cell, compare_family, family_cells,
+                                       fmt_acc, fmt_diff, fmt_num, fmt_p, fmt_pp, health_section, is_nan,
+                                       md_table, mean_ci_cell, mean_of, n_ok, overview_section, per_arm_row,
+                                       rename_outcome, resolve, tally, template_path, timing_section,
+                                       vals_or_none, verdict_line, write_readme)
 from regbench.reporting.collect import load_runs
-from regbench.reporting.report import NoRunsError, Report, write_report
+from regbench.reporting.report import Report, write_report
 
-log = logging.getLogger(__name__)
-
-DEFAULT_DIR = Path("experiments") / "dropout_vs_early_stopping"
-TEMPLATE_NAME = "report_template.md"
-REPO_TEMPLATE = Path(__file__).resolve().parents[2] / DEFAULT_DIR / TEMPLATE_NAME
-README_NAME = "README.md"
+HERE = Path(__file__).resolve().parent
+DEFAULT_DIR = Path("experiments") / HERE.name
+TEMPLATE = HERE / "report_template.md"
 SIZE_PLOT = "size_effect.png"
-TIMING_FILE = "timing.json"
 
 BASELINE = "none"
 DROPOUT, EARLY, COMBO = "dropout", "early_stop", "dropout_early_stop"
@@ -92,69 +91,6 @@ PUBLISHED = (
     ("resmlp", "MLP with residual hidden layer (their MLPBase)", "64–68%", 0.64, 0.68),
     ("cnn1d", "CNN", "92–94%", 0.92, 0.94),
 )
-
-NOT_RUN = "not run"
-NOT_MEASURED = "not measured"
-TESTED = stats.OUTCOMES  # better, worse, equivalent, inconclusive
-
-
-# --------------------------------------------------------------------------------------
-# number formats (the README shows numbers only through these)
-# --------------------------------------------------------------------------------------
-
-def _nan(x: Any) -> bool:
-    return x is None or (isinstance(x, (float, np.floating)) and math.isnan(x))
-
-
-def fmt_num(x: Any, digits: int = 3) -> str:
-    return "–" if _nan(x) else f"{float(x):.{digits}f}"
-
-
-def fmt_ci(mean: Any, lo: Any, hi: Any, digits: int = 3) -> str:
-    """`mean [lo, hi]`; the interval is left out when it is missing."""
-    if _nan(mean):
-        return "–"
-    if _nan(lo) or _nan(hi):
-        return f"{float(mean):.{digits}f}"
-    return f"{float(mean):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
-
-
-def fmt_acc(mean: Any, lo: Any = None, hi: Any = None) -> str:
-    """An accuracy (fraction) in percent with 2 decimals: `67.12 [66.50, 67.80]`."""
-    scale = lambda v: None if _nan(v) else 100.0 * float(v)  # noqa: E731
-    return fmt_ci(scale(mean), scale(lo), scale(hi), 2)
-
-
-def fmt_pp(diff: Any, lo: Any = None, hi: Any = None) -> str:
-    """A difference of accuracies in percentage points, signed: `+1.23 [+0.40, +2.10]`."""
-    scale = lambda v: None if _nan(v) else 100.0 * float(v)  # noqa: E731
-    return fmt_diff(scale(diff), scale(lo), scale(hi), 2)
-
-
-def fmt_diff(diff: Any, lo: Any = None, hi: Any = None, digits: int = 3) -> str:
-    if _nan(diff):
-        return "–"
-    s = f"{float(diff):+.{digits}f}"
-    if _nan(lo) or _nan(hi):
-        return s
-    return f"{s} [{float(lo):+.{digits}f}, {float(hi):+.{digits}f}]"
-
-
-def fmt_p(p: Any) -> str:
-    """As the comparison tables print p-values (regbench.reporting.render)."""
-    if _nan(p):
-        return "–"
-    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
-
-
-def md_table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
-    right = right if right is not None else set(range(1, len(header)))
-    esc = lambda x: str(x).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
-             "|" + "|".join("---:" if i in right else ":---" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
 
 # --------------------------------------------------------------------------------------
 # records -> runs with the study's columns
@@ -208,235 +144,6 @@ def load_study_runs(experiment_dir: str | Path) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------
-# settings -> contexts (one data/model/config hash each)
-# --------------------------------------------------------------------------------------
-
-@dataclass
-class Context:
-    setting: Setting
-    group_hash: str | None          # None: no records for this setting
-    runs: pd.DataFrame              # its runs, every status
-    note: str = ""
-    ambiguous: dict = field(default_factory=dict)   # regularizer -> its several arm labels here
-    _labels: dict = field(default_factory=dict, repr=False)
-    _values: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def ran(self) -> bool:
-        return self.group_hash is not None
-
-    def arm(self, name: str) -> str | None:
-        """The arm label of regularizer `name` here (the name itself unless its settings varied)."""
-        if not self.ran:
-            return None
-        if name not in self._labels:
-            mine = self.runs[self.runs["regularizer"] == name]
-            ok = mine[mine["status"] == "ok"].groupby("arm").size()
-            # several settings of one regularizer (e.g. two dropout rates): the one with the most ok runs
-            labels = sorted(mine["arm"].unique(), key=lambda a: (a != name, -int(ok.get(a, 0)), a))
-            self._labels[name] = labels[0] if labels else None
-            if len(labels) > 1:
-                self.ambiguous[name] = sorted(labels)
-        return self._labels[name]
-
-    def values(self, name: str, column: str) -> dict:
-        """{seed: value} of the ok runs of arm `name` with a finite `column` (duplicates averaged)."""
-        if (name, column) in self._values:
-            return dict(self._values[(name, column)])
-        label = self.arm(name)
-        if label is None:
-            return {}
-        g = self.runs[(self.runs["arm"] == label) & (self.runs["status"] == "ok")]
-        g = g[g[column].notna()]
-        keys = [s if not _nan(s) else p for s, p in zip(g["seed"], g["path"])]
-        out = pd.Series(g[column].to_numpy(float), index=keys).groupby(level=0).mean().to_dict()
-        self._values[(name, column)] = out
-        return dict(out)
-
-    def config_value(self, *keys: str) -> Any:
-        if not self.ran or self.runs.empty:
-            return None
-        return lookup(self.runs["config"].iloc[0], *keys)
-
-
-def resolve(runs: pd.DataFrame, setting: Setting) -> Context:
-    """The config hash that stands for `setting`: the one with the most ok runs (then the smallest hash)."""
-    sel = runs[(runs["data"] == setting.data) & (runs["model"] == setting.model)]
-    sel = sel[[ts == setting.wanted_size for ts in sel["train_size"]]]
-    if sel.empty:
-        return Context(setting, None, sel)
-    ok = sel[sel["status"] == "ok"].groupby("group_hash").size()
-    hashes = sorted(sel["group_hash"].unique(), key=lambda h: (-int(ok.get(h, 0)), h))
-    note = ""
-    if len(hashes) > 1:
-        note = (f"config {hashes[0]} used (most ok runs); other config(s) of this setting left out: "
-                f"{', '.join(hashes[1:])}")
-    return Context(setting, hashes[0], sel[sel["group_hash"] == hashes[0]], note)
-
-
-def _per_arm_row(report: Report, ctx: Context, name: str) -> pd.Series | None:
-    label = ctx.arm(name)
-    if label is None:
-        return None
-    pa = report.per_arm
-    m = pa[(pa["data"] == ctx.setting.data) & (pa["model"] == ctx.setting.model)
-           & (pa["config"] == ctx.group_hash) & (pa["regularizer"] == label)]
-    return m.iloc[0] if len(m) else None
-
-
-def _acc_cell(report: Report, ctx: Context, name: str) -> str:
-    r = _per_arm_row(report, ctx, name)
-    if r is None:
-        return NOT_RUN
-    return fmt_acc(r[f"{T}_mean"], r[f"{T}_ci95_low"], r[f"{T}_ci95_high"])
-
-
-def _n_ok(report: Report, ctx: Context, name: str) -> int:
-    r = _per_arm_row(report, ctx, name)
-    return 0 if r is None else int(r["seeds_ok"])
-
-
-# --------------------------------------------------------------------------------------
-# verdict rules
-# --------------------------------------------------------------------------------------
-
-CATEGORIES = ("supported", "partly supported", "mixed", "partly contradicted", "contradicted", "no effect",
-              "inconclusive", NOT_RUN)
-
-
-def tally(outcomes: list[str]) -> tuple[str, int, int, int]:
-    """(category, n tested, k better, j worse) from per-setting outcomes (see VERDICT_RULE).
-
-    Symmetric: supported / contradicted = better / worse on all n; partly supported / partly
-    contradicted = better / worse on some, the other direction on none; mixed = both directions;
-    no effect = equivalent on all n; inconclusive = otherwise (no direction shown, equivalence not
-    shown everywhere)."""
-    tested = [o for o in outcomes if o in TESTED]
-    n, k, j, e = len(tested), tested.count("better"), tested.count("worse"), tested.count("equivalent")
-    if n == 0:
-        cat = NOT_RUN
-    elif k and j:
-        cat = "mixed"
-    elif k == n:
-        cat = "supported"
-    elif j == n:
-        cat = "contradicted"
-    elif k:
-        cat = "partly supported"
-    elif j:
-        cat = "partly contradicted"
-    elif e == n:
-        cat = "no effect"
-    else:
-        cat = "inconclusive"
-    return cat, n, k, j
-
-
-def verdict_line(outcomes: list[str], better: str, worse: str, what: str) -> str:
-    cat, n, k, j = tally(outcomes)
-    if cat == NOT_RUN:
-        return f"**{NOT_RUN}** ({what}: no setting with a testable comparison)"
-    e = [o for o in outcomes if o in TESTED].count("equivalent")
-    return (f"**{cat}** ({what}: {better} on {k} of {n} tested settings, {worse} on {j}, "
-            f"equivalent on {e}, inconclusive on {n - k - j - e})")
-
-
-def _rename(outcome: str, better: str, worse: str) -> str:
-    return {"better": better, "worse": worse}.get(outcome, outcome)
-
-
-VERDICT_RULE = f"""\
-- **Per setting**, a comparison has one of four outcomes: *better* / *worse* when its Holm-adjusted p-value
-  is below {stats.ALPHA} (the direction from the mean difference); else *equivalent* when the two one-sided
-  tests (TOST: paired `statsmodels` `ttost_paired`, Welch `ttost_ind` when unpaired) show the difference lies
-  within ±{stats.EQUIVALENCE_MARGIN:g} (1 pp of accuracy; the same number in a mechanism metric's own units),
-  Holm-adjusted the same way; else *inconclusive* (neither a difference nor equivalence is shown). *Not
-  testable* when either side has fewer than 2 ok runs; *not run* when the setting or one of the two arms has
-  no records.
-- **Holm families are per claim**: each table below is one family (its rows, or the rows of the tables a
-  section names), so adding an arm or a setting to another claim changes no p-value here.
-  [pairwise.md](pairwise.md) uses per-setting families instead (its rows against `none` in one data/model/config).
-  Comparisons are paired on shared seeds (paired t-test), with `regbench.reporting.stats.compare`.
-- **Collapsed runs** (status `collapsed`: final train accuracy within {health.CHANCE_MARGIN:g} of chance, or at least
-  {health.DEAD_FRACTION:.0%} of the hidden units dead; `regbench.health`) are counted in the training-health table
-  and left out of every statistic, like diverged and failed runs.
-- **Per claim**, over the n settings with a tested outcome (symmetric labels): **supported** / **contradicted**
-  = better / worse on all n; **partly supported** / **partly contradicted** = better / worse on some and the
-  other direction on none; **mixed** = better on some and worse on some; **no effect** = equivalent on all n;
-  **inconclusive** = none of these (no direction, equivalence not shown everywhere); **not run** = n = 0.
-- The 95% intervals are Student t-intervals: of an arm's mean over seeds, or of the mean per-seed difference
-  when paired (see `src/regbench/reporting/README_STATS.md`; a percentile bootstrap covers only about 90% at
-  10 seeds)."""
-
-
-# --------------------------------------------------------------------------------------
-# comparisons computed here (families with their own Holm correction)
-# --------------------------------------------------------------------------------------
-
-@dataclass
-class Comparison:
-    key: tuple
-    result: dict[str, Any] = field(default_factory=dict)
-    p_holm: float = math.nan
-    p_tost_holm: float = math.nan
-    outcome: str = NOT_RUN
-
-
-def compare_family(specs: list[tuple[tuple, dict | None, dict | None, bool]]) -> dict[tuple, Comparison]:
-    """Compare each (key, arm {seed: v}, base {seed: v}, higher_is_better); Holm over the compared rows.
-
-    A spec with None for either side is `not run`; with a string for either side, that is its outcome."""
-    out = {key: Comparison(key) for key, *_ in specs}
-    for key, a, b, _ in specs:
-        if isinstance(a, str) or isinstance(b, str):
-            out[key].outcome = a if isinstance(a, str) else b
-    run = [(key, a, b, hib) for key, a, b, hib in specs if isinstance(a, dict) and isinstance(b, dict)]
-    results = [stats.compare(a, b, higher_is_better=hib) for _, a, b, hib in run]
-    p_holm = stats.holm([r["p_verdict"] for r in results]) if results else []
-    p_tost = stats.holm([r["p_tost"] for r in results]) if results else []
-    for (key, _a, _b, hib), r, ph, pt in zip(run, results, p_holm, p_tost):
-        c = out[key]
-        c.result, c.p_holm, c.p_tost_holm = r, float(ph), float(pt)
-        if min(r["n_arm"], r["n_baseline"]) < 2:
-            c.outcome = "not testable"
-        else:
-            c.outcome = stats.outcome(r["diff_mean"], ph, pt, hib)
-    return out
-
-
-def accuracy_family(study: "Study", contexts: list[Context], names: tuple[str, ...],
-                    base: str = BASELINE) -> dict[tuple, Comparison]:
-    """One Holm family: test accuracy of each arm in `names` against `base` in each context, keyed
-    (name, setting)."""
-    return compare_family([((name, ctx.setting), _vals_or_none(ctx, name, METRIC) if ctx.arm(base) else None,
-                            _vals_or_none(ctx, base, METRIC), True) for name in names for ctx in contexts])
-
-
-def _fam_cells(fam: dict[tuple, Comparison], key: tuple) -> tuple[str, str, str]:
-    """(difference in pp with CI, p_holm within the family, outcome)."""
-    c = fam[key]
-    r = c.result
-    if not r:
-        return NOT_RUN if c.outcome == NOT_RUN else "–", "–", c.outcome
-    return fmt_pp(r["diff_mean"], r["ci_low"], r["ci_high"]), fmt_p(c.p_holm), c.outcome
-
-
-def _vals_or_none(ctx: Context, name: str, column: str) -> dict | None:
-    if ctx.arm(name) is None:
-        return None
-    return ctx.values(name, column)
-
-
-def _mean_ci_cell(vals: dict, digits: int = 3) -> str:
-    """Mean over seeds with its 95% bootstrap CI."""
-    x = np.array([vals[k] for k in sorted(vals, key=str)], float)
-    if x.size == 0:
-        return "–"
-    lo, hi = stats.bootstrap_mean_ci(x)
-    return fmt_ci(float(x.mean()), lo, hi, digits)
-
-
-# --------------------------------------------------------------------------------------
 # the sections
 # --------------------------------------------------------------------------------------
 
@@ -455,99 +162,15 @@ class Study:
     families: dict[str, dict] = field(default_factory=dict)  # claim -> its Holm family of Comparisons
 
 
-def _overview(study: Study) -> str:
-    runs = study.runs
-    counts = {s: int((runs["status"] == s).sum()) for s in ("ok", "collapsed", "diverged", "failed")}
-    lines = [f"{len(runs)} run records read ({counts['ok']} ok, {counts['collapsed']} collapsed, "
-             f"{counts['diverged']} diverged, {counts['failed']} failed); only ok runs enter the statistics."]
-    rows = []
-    seen: set[Setting] = set()
-    shown: dict[tuple, str] = {}
-    for ctx in [*study.main, *study.sizes, *_sanity_contexts(study)]:
-        if ctx.setting in seen:
-            continue
-        seen.add(ctx.setting)
-        if not ctx.ran:
-            rows.append([ctx.setting.label, "–", str(ctx.setting.wanted_size or "–"), NOT_RUN, "0", "–", ""])
-            continue
-        key = (ctx.setting.data, ctx.setting.model, ctx.group_hash)
-        if key in shown:
-            rows.append([ctx.setting.label, ctx.group_hash, str(ctx.setting.wanted_size or "–"),
-                         f"the runs of {shown[key]}", "–", "–", ""])
-            continue
-        shown[key] = ctx.setting.label
-        ok = ctx.runs[ctx.runs["status"] == "ok"]
-        arms = [a for a in ARMS if ctx.arm(a) is not None]
-        extra = sorted(set(ctx.runs["regularizer"]) - set(ARMS))
-        per_arm = ok.groupby("arm").size()
-        seeds = f"{int(per_arm.min())}–{int(per_arm.max())}" if len(per_arm) else "0"
-        notes = [ctx.note] if ctx.note else []
-        notes += [f"{name} ran with several settings ({'; '.join(labels)}): the study uses {ctx.arm(name)}"
-                  for name, labels in sorted(ctx.ambiguous.items())]
-        rows.append([ctx.setting.label, ctx.group_hash, str(ctx.setting.wanted_size or "–"),
-                     ", ".join(arms + extra) or "–", str(len(ok)), seeds, "; ".join(notes)])
-    table = md_table(["setting", "config", "train size", "arms with records", "ok runs", "ok seeds per arm",
-                      "note"], rows, right={2, 4, 5})
-    total = float(np.nansum(runs["train_seconds"].to_numpy(float)))
-    lines += ["", table, "",
-              f"Training time summed over all records (fit only, as recorded): {total:.0f} s "
-              f"({total / 3600:.2f} h of single-run time)."]
-    return "\n".join(lines)
-
-
-def _health(study: Study) -> str:
-    """Training health: every arm with a collapsed run, its rate with a Wilson CI and its seeds."""
-    pa = study.report.per_arm
-    rule = (f"A run is *collapsed* when it finished but did not train: final train accuracy within "
-            f"{health.CHANCE_MARGIN:g} of chance (1/10), or at least {health.DEAD_FRACTION:.0%} of its hidden units "
-            f"never active on the test set (`regbench.health`; derived from each record on read). Collapsed runs "
-            f"are excluded from every statistic below and counted here.")
-    if pa.empty or not (pa["seeds_collapsed"] > 0).any():
-        return rule + " No run of this study collapsed."
-    runs = study.runs
-    rows = []
-    for _, r in pa[pa["seeds_collapsed"] > 0].sort_values(["data", "model", "config", "regularizer"]).iterrows():
-        g = runs[(runs["data"] == r["data"]) & (runs["model"] == r["model"]) & (runs["group_hash"] == r["config"])
-                 & (runs["arm"] == r["regularizer"]) & (runs["status"] == "collapsed")]
-        seeds = ", ".join(str(x) for x in sorted(g["seed"].tolist(), key=str))
-        finished = int(r["seeds_ok"] + r["seeds_collapsed"])
-        rows.append([f"{r['data']}/{r['model']}", r["config"], r["regularizer"],
-                     f"{int(r['seeds_collapsed'])} / {finished}",
-                     fmt_ci(100 * r["collapse_rate"], 100 * r["collapse_ci95_low"], 100 * r["collapse_ci95_high"], 0),
-                     seeds, fmt_acc(r[f"{T}_mean"]), fmt_acc(r[f"{T}_mean_with_collapsed"])])
-    table = md_table(["setting", "config", "arm", "collapsed / finished runs", "rate % [95% Wilson CI]", "seeds",
-                      "test acc % without them", "with them (not used)"], rows, right={3, 4, 6, 7})
-    warn = [f"- {w}" for w in study.report.warnings]
-    return "\n".join([rule, "", table] + ([""] + warn if warn else []))
-
-
-def _timing(experiment_dir: Path) -> str:
-    path = experiment_dir / TIMING_FILE
-    if not path.is_file():
-        return f"Not recorded (no `{TIMING_FILE}` in the experiment folder)."
-    try:
-        t = json.loads(path.read_text())
-        seconds = float(t["seconds"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"`{TIMING_FILE}` is unreadable ({type(e).__name__}), so no wall-clock time is given."
-    parts = [f"The whole study took {seconds:.0f} s of wall-clock time ({seconds / 3600:.2f} h)"]
-    if t.get("machine"):
-        parts.append(f" on {t['machine']}")
-    text = "".join(parts) + "."
-    if t.get("command"):
-        text += f" Command:\n\n```\n{t['command']}\n```"
-    return text
-
-
 def _claim1(study: Study) -> None:
     rep, f = study.report, study.fields
     rows, outcomes = [], []
-    fam1 = study.families["claim1_accuracy"] = accuracy_family(study, study.main, (DROPOUT,))
+    fam1 = study.families["claim1_accuracy"] = accuracy_family(study.main, (DROPOUT,))
     for ctx in study.main:
-        diff, p, outcome = _fam_cells(fam1, (DROPOUT, ctx.setting))
+        diff, p, outcome = family_cells(fam1, (DROPOUT, ctx.setting))
         outcomes.append(outcome)
-        rows.append([ctx.setting.label, f"{_n_ok(rep, ctx, BASELINE)} / {_n_ok(rep, ctx, DROPOUT)}",
-                     _acc_cell(rep, ctx, BASELINE), _acc_cell(rep, ctx, DROPOUT), diff, p, outcome])
+        rows.append([ctx.setting.label, f"{n_ok(rep, ctx, BASELINE)} / {n_ok(rep, ctx, DROPOUT)}",
+                     acc_cell(rep, ctx, BASELINE), acc_cell(rep, ctx, DROPOUT), diff, p, outcome])
     f["claim1_table"] = md_table(["setting", "ok runs none / dropout", "none: test acc % [95% CI]",
                                   "dropout: test acc % [95% CI]", "dropout − none, pp [95% CI]", "p_holm",
                                   "outcome"], rows)
@@ -555,18 +178,18 @@ def _claim1(study: Study) -> None:
     study.verdicts["claim1_accuracy"] = tally(outcomes)[0]
 
     # the train-test gap: lower is better
-    fam = compare_family([((ctx.setting,), _vals_or_none(ctx, DROPOUT, "gap"), _vals_or_none(ctx, BASELINE, "gap"),
+    fam = compare_family([((ctx.setting,), vals_or_none(ctx, DROPOUT, "gap"), vals_or_none(ctx, BASELINE, "gap"),
                            False) for ctx in study.main])
     rows, gap_outcomes = [], []
     for ctx in study.main:
         c = fam[(ctx.setting,)]
         gap_outcomes.append(c.outcome)
         r = c.result
-        gaps = [_per_arm_row(study.report, ctx, arm) for arm in (BASELINE, DROPOUT)]
+        gaps = [per_arm_row(study.report, ctx, arm) for arm in (BASELINE, DROPOUT)]
         rows.append([ctx.setting.label, *(NOT_RUN if g is None else fmt_acc(g["train_minus_test_acc_mean"])
                                           for g in gaps),
                      fmt_pp(r.get("diff_mean"), r.get("ci_low"), r.get("ci_high")) if r else NOT_RUN,
-                     fmt_p(c.p_holm), _rename(c.outcome, "smaller gap", "larger gap")])
+                     fmt_p(c.p_holm), rename_outcome(c.outcome, "smaller gap", "larger gap")])
     f["claim1_gap_table"] = md_table(["setting", "none: train − test acc, pp", "dropout: train − test acc, pp",
                                       "dropout − none, pp [95% CI]", "p_holm (this table)", "outcome"], rows)
     f["claim1_gap_verdict"] = verdict_line(gap_outcomes, "smaller gap", "larger gap",
@@ -574,18 +197,13 @@ def _claim1(study: Study) -> None:
     study.verdicts["claim1_gap"] = tally(gap_outcomes)[0]
 
     rows = []
-    famv = study.families["claim1_variants"] = accuracy_family(study, study.main, DROPOUT_VARIANTS)
+    famv = study.families["claim1_variants"] = accuracy_family(study.main, DROPOUT_VARIANTS)
     for ctx in study.main:
         for arm in DROPOUT_VARIANTS:
-            diff, p, outcome = _fam_cells(famv, (arm, ctx.setting))
-            rows.append([ctx.setting.label, arm, _acc_cell(rep, ctx, arm), diff, p, outcome])
+            diff, p, outcome = family_cells(famv, (arm, ctx.setting))
+            rows.append([ctx.setting.label, arm, acc_cell(rep, ctx, arm), diff, p, outcome])
     f["claim1_variants_table"] = md_table(["setting", "arm", "test acc % [95% CI]", "arm − none, pp [95% CI]",
                                            "p_holm", "outcome"], rows, right={2, 3, 4})
-
-
-def _mean_of(ctx: Context, name: str, column: str) -> float:
-    vals = _vals_or_none(ctx, name, column)
-    return float(np.mean(list(vals.values()))) if vals else math.nan
 
 
 MECHANISM_METRICS = (
@@ -604,7 +222,7 @@ def _claim2(study: Study) -> None:
     specs = []
     for col, _, hib, *_ in MECHANISM_METRICS:
         for ctx in study.main:
-            a, b = _vals_or_none(ctx, DROPOUT, col), _vals_or_none(ctx, BASELINE, col)
+            a, b = vals_or_none(ctx, DROPOUT, col), vals_or_none(ctx, BASELINE, col)
             if a is not None and b is not None and (not a or not b):
                 a = b = NOT_MEASURED  # the arms ran, but without mechanism measurements
             specs.append(((col, ctx.setting), a, b, hib))
@@ -617,10 +235,10 @@ def _claim2(study: Study) -> None:
             outcomes.append(c.outcome)
             r = c.result
             rows.append([ctx.setting.label,
-                         _mean_ci_cell(_vals_or_none(ctx, BASELINE, col) or {}),
-                         _mean_ci_cell(_vals_or_none(ctx, DROPOUT, col) or {}),
+                         mean_ci_cell(vals_or_none(ctx, BASELINE, col) or {}),
+                         mean_ci_cell(vals_or_none(ctx, DROPOUT, col) or {}),
                          fmt_diff(r.get("diff_mean"), r.get("ci_low"), r.get("ci_high")) if r else NOT_RUN,
-                         fmt_p(c.p_holm), _rename(c.outcome, better, worse)])
+                         fmt_p(c.p_holm), rename_outcome(c.outcome, better, worse)])
         tables.append(f"**{label[0].upper() + label[1:]}** (eval mode, test set, averaged over the hidden "
                       f"layers):\n\n" + md_table(["setting", "none [95% CI]", "dropout [95% CI]",
                                                   "dropout − none [95% CI]", "p_holm (both tables)", "outcome"],
@@ -638,11 +256,11 @@ def _claim2(study: Study) -> None:
 def _claim3(study: Study) -> None:
     rep, f = study.report, study.fields
     rows, acc_outcomes, halt_outcomes = [], [], []
-    fam3 = study.families["claim3_accuracy"] = accuracy_family(study, study.main, (EARLY,))
+    fam3 = study.families["claim3_accuracy"] = accuracy_family(study.main, (EARLY,))
     for ctx in study.main:
-        diff, p, outcome = _fam_cells(fam3, (EARLY, ctx.setting))
+        diff, p, outcome = family_cells(fam3, (EARLY, ctx.setting))
         acc_outcomes.append(outcome)
-        es, base = _per_arm_row(rep, ctx, EARLY), _per_arm_row(rep, ctx, BASELINE)
+        es, base = per_arm_row(rep, ctx, EARLY), per_arm_row(rep, ctx, BASELINE)
         max_epochs = ctx.config_value("trainer", "max_epochs")
         if es is None:
             halt_outcomes.append(NOT_RUN)
@@ -658,7 +276,7 @@ def _claim3(study: Study) -> None:
             best = fmt_num(es["best_epoch_mean"], 1)
             base_secs = fmt_num(base["train_seconds_mean"], 1) if base is not None else "–"
             secs = f"{base_secs} / {fmt_num(es['train_seconds_mean'], 1)}"
-        rows.append([ctx.setting.label, _acc_cell(rep, ctx, BASELINE), _acc_cell(rep, ctx, EARLY), diff, p, outcome,
+        rows.append([ctx.setting.label, acc_cell(rep, ctx, BASELINE), acc_cell(rep, ctx, EARLY), diff, p, outcome,
                      stopped, "–" if max_epochs is None else str(max_epochs), epochs, best, secs])
     f["claim3_table"] = md_table(["setting", "none: test acc %", "early_stop: test acc %", "early_stop − none, pp",
                                   "p_holm", "outcome", "runs stopped early", "max epochs",
@@ -677,7 +295,7 @@ def _claim4(study: Study) -> None:
     rep, f = study.report, study.fields
     specs = []
     for ctx in study.main:
-        acc = lambda name: _vals_or_none(ctx, name, METRIC)  # noqa: E731
+        acc = lambda name: vals_or_none(ctx, name, METRIC)  # noqa: E731
         specs += [(("h2h", ctx.setting), acc(DROPOUT), acc(EARLY), True),
                   (("combo-dropout", ctx.setting), acc(COMBO), acc(DROPOUT), True),
                   (("combo-early", ctx.setting), acc(COMBO), acc(EARLY), True)]
@@ -692,16 +310,16 @@ def _claim4(study: Study) -> None:
 
     rows, winners = [], []
     for ctx in study.main:
-        d, e = _per_arm_row(rep, ctx, DROPOUT), _per_arm_row(rep, ctx, EARLY)
+        d, e = per_arm_row(rep, ctx, DROPOUT), per_arm_row(rep, ctx, EARLY)
         overlap = "–"
-        if d is not None and e is not None and not _nan(d[f"{T}_ci95_low"]) and not _nan(e[f"{T}_ci95_low"]):
+        if d is not None and e is not None and not is_nan(d[f"{T}_ci95_low"]) and not is_nan(e[f"{T}_ci95_low"]):
             disjoint = d[f"{T}_ci95_low"] > e[f"{T}_ci95_high"] or e[f"{T}_ci95_low"] > d[f"{T}_ci95_high"]
             overlap = "no" if disjoint else "yes"
         c = fam[("h2h", ctx.setting)]
         winner = {"better": "dropout", "worse": "early stopping"}.get(c.outcome, c.outcome)
         winners.append(c.outcome)
         diff, p = cell(("h2h", ctx.setting))
-        rows.append([ctx.setting.label, _acc_cell(rep, ctx, DROPOUT), _acc_cell(rep, ctx, EARLY), overlap, diff, p,
+        rows.append([ctx.setting.label, acc_cell(rep, ctx, DROPOUT), acc_cell(rep, ctx, EARLY), overlap, diff, p,
                      winner])
     f["claim4_table"] = md_table(["setting", "dropout: test acc % [95% CI]", "early_stop: test acc % [95% CI]",
                                   "CIs overlap", "dropout − early_stop, pp [95% CI]", "p_holm (both tables)",
@@ -723,8 +341,8 @@ def _claim4(study: Study) -> None:
         else:
             both = NOT_RUN if NOT_RUN in (o1, o2) else "not testable"
         combo.append(both)
-        rows.append([ctx.setting.label, _acc_cell(rep, ctx, COMBO), a, pa, b, pb,
-                     _rename(both, "beats both", "worse than one")])
+        rows.append([ctx.setting.label, acc_cell(rep, ctx, COMBO), a, pa, b, pb,
+                     rename_outcome(both, "beats both", "worse than one")])
     f["claim4_combo_table"] = md_table(["setting", "dropout_early_stop: test acc % [95% CI]",
                                         "combined − dropout, pp [95% CI]", "p_holm",
                                         "combined − early_stop, pp [95% CI]",
@@ -737,16 +355,16 @@ def _claim4(study: Study) -> None:
 def _claim5(study: Study) -> None:
     rep, f = study.report, study.fields
     rows, series = [], {DROPOUT: [], EARLY: []}
-    fam5 = study.families["claim5"] = accuracy_family(study, study.sizes, (DROPOUT,))
-    fam5e = study.families["claim5_early_stop"] = accuracy_family(study, study.sizes, (EARLY,))
+    fam5 = study.families["claim5"] = accuracy_family(study.sizes, (DROPOUT,))
+    fam5e = study.families["claim5_early_stop"] = accuracy_family(study.sizes, (EARLY,))
     for ctx in study.sizes:
-        diff, p, outcome = _fam_cells(fam5, (DROPOUT, ctx.setting))
-        rows.append([str(ctx.setting.train_size), f"{_n_ok(rep, ctx, BASELINE)} / {_n_ok(rep, ctx, DROPOUT)}",
-                     _acc_cell(rep, ctx, BASELINE), _acc_cell(rep, ctx, DROPOUT), diff, p, outcome,
-                     _fam_cells(fam5e, (EARLY, ctx.setting))[0]])
+        diff, p, outcome = family_cells(fam5, (DROPOUT, ctx.setting))
+        rows.append([str(ctx.setting.train_size), f"{n_ok(rep, ctx, BASELINE)} / {n_ok(rep, ctx, DROPOUT)}",
+                     acc_cell(rep, ctx, BASELINE), acc_cell(rep, ctx, DROPOUT), diff, p, outcome,
+                     family_cells(fam5e, (EARLY, ctx.setting))[0]])
         for arm, fam in ((DROPOUT, fam5), (EARLY, fam5e)):
             r = fam[(arm, ctx.setting)].result
-            if r and not _nan(r["diff_mean"]):
+            if r and not is_nan(r["diff_mean"]):
                 series[arm].append((ctx.setting.train_size, float(r["diff_mean"]),
                                     float(r["ci_low"]), float(r["ci_high"])))
     f["claim5_table"] = md_table(["train size", "ok runs none / dropout", "none: test acc % [95% CI]",
@@ -773,9 +391,9 @@ def _claim5(study: Study) -> None:
                 if len(diffs) >= 3 else math.nan
         gap = small.mean() - large.mean()
         p_eq = stats.tost_pvalue(small, large, stats.EQUIVALENCE_MARGIN, paired=False)
-        if not _nan(p) and p < stats.ALPHA:
+        if not is_nan(p) and p < stats.ALPHA:
             cat = "supported" if gap > 0 else "contradicted"
-        elif not _nan(p_eq) and p_eq < stats.ALPHA:
+        elif not is_nan(p_eq) and p_eq < stats.ALPHA:
             cat = "no effect"
         else:
             cat = "inconclusive"
@@ -888,13 +506,13 @@ def _sanity(study: Study) -> None:
     rep, f = study.report, study.fields
     rows = []
     for (model, what, published, lo, hi), ctx in zip(PUBLISHED, _sanity_contexts(study)):
-        r = _per_arm_row(rep, ctx, BASELINE)
+        r = per_arm_row(rep, ctx, BASELINE)
         if r is None:
             rows.append([f"`{model}` ({what})", published, NOT_RUN, "0", "–", "–", NOT_RUN])
             continue
         m, cl, ch = r[f"{T}_mean"], r[f"{T}_ci95_low"], r[f"{T}_ci95_high"]
-        a, b = (m, m) if _nan(cl) else (cl, ch)
-        where = "–" if _nan(m) else ("below" if b < lo else "above" if a > hi else "consistent")
+        a, b = (m, m) if is_nan(cl) else (cl, ch)
+        where = "–" if is_nan(m) else ("below" if b < lo else "above" if a > hi else "consistent")
         steps = ctx.values(BASELINE, "steps")
         max_epochs = ctx.config_value("trainer", "max_epochs")
         rows.append([f"`{model}` ({what})", published, fmt_acc(m, cl, ch), str(int(r["seeds_ok"])),
@@ -932,10 +550,10 @@ def _calibration(study: Study) -> None:
                         rows.append([ctx.setting.label, arm, NOT_RUN, "–", "–", "–", "–"])
                     continue
                 ece = ctx.values(arm, "ece")
-                rows.append([ctx.setting.label, arm, _mean_ci_cell(ece, 4), fmt_num(_mean_of(ctx, arm, "entropy"), 3),
-                             fmt_num(_mean_of(ctx, arm, "mech_corr"), 3),
-                             fmt_num(_mean_of(ctx, arm, "mech_sparsity"), 3),
-                             fmt_num(_mean_of(ctx, arm, "mech_unit_norm"), 3)])
+                rows.append([ctx.setting.label, arm, mean_ci_cell(ece, 4), fmt_num(mean_of(ctx, arm, "entropy"), 3),
+                             fmt_num(mean_of(ctx, arm, "mech_corr"), 3),
+                             fmt_num(mean_of(ctx, arm, "mech_sparsity"), 3),
+                             fmt_num(mean_of(ctx, arm, "mech_unit_norm"), 3)])
         f["calibration_table"] = md_table(["setting", "arm", "ECE (15 bins) [95% CI]", "mean entropy (nats)",
                                            "mean abs corr", "sparsity", "mean unit weight norm"], rows,
                                           right={2, 3, 4, 5, 6})
@@ -946,7 +564,7 @@ def _calibration(study: Study) -> None:
         rows = []
         for (data, model, gh, arm), g in mc.groupby(["data", "model", "group_hash", "arm"], sort=True):
             vals = dict(zip(g["seed"], g["mc_entropy"]))
-            rows.append([f"{data}/{model}", gh, arm, str(len(g)), _mean_ci_cell(vals, 3)])
+            rows.append([f"{data}/{model}", gh, arm, str(len(g)), mean_ci_cell(vals, 3)])
         f["mc_table"] = md_table(["data/model", "config", "arm", "ok runs", "MC predictive entropy (nats) [95% CI]"],
                                  rows, right={3, 4})
 
@@ -954,13 +572,6 @@ def _calibration(study: Study) -> None:
 # --------------------------------------------------------------------------------------
 # the whole report
 # --------------------------------------------------------------------------------------
-
-def template_path(experiment_dir: Path, template: str | Path | None = None) -> Path:
-    if template is not None:
-        return Path(template)
-    own = experiment_dir / TEMPLATE_NAME
-    return own if own.is_file() else REPO_TEMPLATE
-
 
 def build_study(experiment_dir: str | Path, *, plots: bool = True) -> Study:
     """Write the generic tables/plots and compute every section's fields (no README yet)."""
@@ -971,9 +582,9 @@ def build_study(experiment_dir: str | Path, *, plots: bool = True) -> Study:
                   main=[resolve(runs, s) for s in MAIN_SETTINGS], sizes=[resolve(runs, s) for s in SIZE_SETTINGS])
     study.files = list(report.files)
     f = study.fields
-    f["overview"] = _overview(study)
-    f["health"] = _health(study)
-    f["timing"] = _timing(experiment_dir)
+    f["overview"] = overview_section(runs, [*study.main, *study.sizes, *_sanity_contexts(study)], ARMS)
+    f["health"] = health_section(report, runs)
+    f["timing"] = timing_section(experiment_dir)
     f["verdict_rule"] = VERDICT_RULE
     f["alpha"] = f"{stats.ALPHA}"
     _claim1(study)
@@ -1016,52 +627,17 @@ def write_study(experiment_dir: str | Path = DEFAULT_DIR, template: str | Path |
                 plots: bool = True) -> Study:
     """Tables, plots and README.md of the study in `experiment_dir`; returns the Study."""
     experiment_dir = Path(experiment_dir)
-    tpl = template_path(experiment_dir, template)
-    text = tpl.read_text(encoding="utf-8")
+    text = template_path(experiment_dir, TEMPLATE, template).read_text(encoding="utf-8")
     study = build_study(experiment_dir, plots=plots)
-    readme = string.Template(text).substitute(study.fields)
-    readme = "\n".join(line.rstrip() for line in readme.splitlines()) + "\n"
-    study.readme = experiment_dir / README_NAME
-    write_atomic(study.readme, readme.encode("utf-8"))
+    study.readme = write_readme(experiment_dir / README_NAME, text, study.fields)
     study.files.append(study.readme)
     return study
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m regbench.study", description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment_dir", nargs="?", default=str(DEFAULT_DIR),
-                   help=f"the study's sweep folder (default: {DEFAULT_DIR})")
-    p.add_argument("--template", help=f"README template (default: EXPERIMENT_DIR/{TEMPLATE_NAME}, else the "
-                                      f"repository's {DEFAULT_DIR / TEMPLATE_NAME})")
-    p.add_argument("--no-plots", action="store_true", help="tables and README only")
-    p.add_argument("--if-changed", action="store_true",
-                   help="do nothing when the records (and the reporting code) are those of the last report")
-    args = p.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s: %(message)s")
-    d = Path(args.experiment_dir)
-    if not d.is_dir():
-        print(f"error: {d} is not a folder", file=sys.stderr)
-        return 2
-    tpl = template_path(d, args.template)
-    if not tpl.is_file():
-        print(f"error: template {tpl} not found", file=sys.stderr)
-        return 2
-    from regbench.reporting import stamp
-
-    fp = stamp.fingerprint(d, template=tpl.read_text(), plots=not args.no_plots)
-    if args.if_changed and stamp.is_current(d, "study", fp):
-        print(f"{d}: study report unchanged (its records are those of its README)")
-        return 0
-    try:
-        study = write_study(d, args.template, plots=not args.no_plots)
-    except NoRunsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    stamp.mark(d, "study", fp)
-    print(f"{study.readme}: {len(study.runs)} runs; verdicts:")
-    for k, v in study.verdicts.items():
-        print(f"  {k}: {v}")
-    return 0
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(HERE.glob("*.py")))).hexdigest()
+    return claims.main(argv, prog=f"python {DEFAULT_DIR / Path(__file__).name}", description=__doc__.split("\n\n")[0],
+                       default_dir=DEFAULT_DIR, default_template=TEMPLATE, write_study=write_study, code=code)
 
 
 if __name__ == "__main__":
