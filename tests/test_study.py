@@ -4,6 +4,7 @@ regbench.reporting.claims) on synthetic experiment folders with known effects.""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -270,3 +271,51 @@ def test_cli_exit_codes(tmp_path, capsys):
     d = make_study(tmp_path, settings=[("digits", "mlp", None)], arms=("none", "early_stop"), seeds=range(2))
     assert S.main([str(d), "--no-plots"]) == 0
     assert (d / "README.md").is_file() and "claim3_halt: supported" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------
+# the study's arms and settings come from its sweep YAMLs
+# --------------------------------------------------------------------------------------
+
+
+def test_arms_and_settings_are_the_sweep_yamls(tmp_path):
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(S.CONF / "experiment" / f"{S.EXPERIMENT}.yaml").hydra.sweeper.params
+    assert ",".join(S.ARMS) == params.regularizer
+    assert len(S.SWEEP.settings) == len(params["+setting"].split(","))
+    # an edited copy of the config: other arms, settings and sizes, in another order
+    conf = tmp_path / "conf"
+    shutil.copytree(S.CONF, conf)
+    path = conf / "experiment" / f"{S.EXPERIMENT}.yaml"
+    text = path.read_text()
+    text = text.replace(params["+setting"], "digits_mlp,mnist1d_mlp_n2000,mnist1d_mlp,mnist1d_mlp_n500")
+    arms = ("dropout_early_stop", "early_stop", "dropout", "none", "maxnorm_dropout", "gaussian_dropout")
+    text = text.replace(params.regularizer, ",".join(arms))
+    path.write_text(text)
+    sweep = S.read_sweep(conf)
+    assert sweep.arms == arms
+    assert sweep.settings == (S.Setting("digits", "mlp"), S.Setting("mnist1d", "mlp", 2000),
+                              S.Setting("mnist1d", "mlp"), S.Setting("mnist1d", "mlp", 500))
+    assert sweep.sanity == (S.Setting("mnist1d", "logreg"), S.Setting("mnist1d", "resmlp"))
+    path.write_text(text.replace("dropout_early_stop,early_stop,", ""))
+    with pytest.raises(ValueError, match=r"lacks early_stop, dropout_early_stop, which the claims compare"):
+        S.read_sweep(conf)
+
+
+def test_if_changed_rebuilds_when_the_records_or_the_study_code_change(tmp_path, capsys):
+    d = make_study(tmp_path, settings=[("digits", "mlp", None)], arms=("none", "dropout"), seeds=range(2))
+    written = []
+
+    def run(code):
+        def write(experiment_dir, template, plots):
+            written.append(code)
+            return S.write_study(experiment_dir, template, plots=plots)
+        return C.main([str(d), "--no-plots", "--if-changed"], prog="x", description="x", default_dir=d,
+                      default_template=S.TEMPLATE, write_study=write, code=code)
+
+    assert run("a") == 0 and run("a") == 0 and written == ["a"]
+    assert "study report unchanged" in capsys.readouterr().out
+    assert run("b") == 0 and written == ["a", "b"]  # an edit of the study's code
+    write_runs(d, study_records(settings=[("digits", "mlp", None)], arms=("none",), seeds=[7]))
+    assert run("b") == 0 and written == ["a", "b", "b"]  # a new record

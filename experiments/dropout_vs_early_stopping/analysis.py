@@ -12,6 +12,11 @@ the records (`regbench.reporting.claims`: comparisons, Holm families, verdict ru
 number is typed by hand, and regenerating from the same records gives the same bytes (no
 timestamps, fixed order).
 
+The arms and settings are those of the study's sweeps, conf/experiment/dropout_vs_early_stopping.yaml
+(its `regularizer` and `+setting` values, each setting composed by Hydra into its data, model and
+data.train_size) and dropout_vs_early_stopping_sanity.yaml (its models and data): `read_sweep`.
+The claims name the arms they compare (BASELINE, DROPOUT, ...) and the published numbers they check.
+
 What the records need: `data`, `model`, `regularizer`, `seed`, `group_hash`, `metrics`, `config`
 (its `data.train_size` puts a run on the training-set-size axis; null = the whole training split)
 and, for the mechanism and calibration sections, `extra.mechanism` as written by
@@ -47,13 +52,17 @@ from regbench.reporting.collect import load_runs
 from regbench.reporting.report import Report, write_report
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DIR = Path("experiments") / HERE.name
+DEFAULT_DIR = HERE  # the study's records are beside its code
 TEMPLATE = HERE / "report_template.md"
 SIZE_PLOT = "size_effect.png"
+# the study's sweeps, whose arms and settings this file reads: conf/experiment/<this folder's name>.yaml
+# (the main sweep) and <name>_sanity.yaml (the sanity sweep), in the checkout the study lives in
+CONF = HERE.parents[1] / "conf"
+EXPERIMENT = HERE.name
 
+# the arms the claims name (each must be one of the main sweep's regularizers)
 BASELINE = "none"
 DROPOUT, EARLY, COMBO = "dropout", "early_stop", "dropout_early_stop"
-ARMS = ("none", "dropout", "gaussian_dropout", "early_stop", "dropout_early_stop", "maxnorm_dropout", "weight_decay")
 DROPOUT_VARIANTS = ("gaussian_dropout", "maxnorm_dropout")
 METRIC = "test/acc"
 T = "test_acc"  # regbench.reporting.tables.tag(METRIC)
@@ -77,20 +86,72 @@ class Setting:
         return f"{self.data}/{self.model}" + (f" (n={self.train_size})" if self.train_size is not None else "")
 
 
-MAIN_SETTINGS = (Setting("mnist1d", "mlp"), Setting("mnist1d", "cnn1d"), Setting("mnist5k", "mlp"),
-                 Setting("mnist5k", "seed_cnn"), Setting("digits", "mlp"))
-SIZE_DATA, SIZE_MODEL = "mnist1d", "mlp"
-SIZES = (500, 1000, 2000, 3500)
+@dataclass(frozen=True)
+class Sweep:
+    """What the study's sweep YAMLs declare, in their order."""
+    arms: tuple[str, ...]             # the main sweep's regularizers
+    settings: tuple[Setting, ...]     # the main sweep's +setting values, each composed by Hydra
+    sanity: tuple[Setting, ...]       # the sanity sweep's models on its data
+
+
+def _swept(params: Any, key: str, where: str) -> list[str]:
+    """The values of sweep parameter `key` (Hydra's own override parser: `a,b,c`, `range(..)`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if key not in params:
+        raise ValueError(f"{where}: hydra.sweeper.params has no {key!r}; the study needs it")
+    override = OverridesParser.create().parse_override(f"{key}={params[key]}")
+    return list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
+
+
+def read_sweep(conf_dir: Path = CONF, experiment: str = EXPERIMENT) -> Sweep:
+    """The study's arms and settings, composed from conf_dir as `run.py -m experiment=...` would."""
+    from hydra import compose, initialize_config_dir
+
+    main, sanity = f"experiment/{experiment}.yaml", f"experiment/{experiment}_sanity.yaml"
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+        arms = tuple(_swept(cfg.hydra.sweeper.params, "regularizer", main))
+        settings = []
+        for name in _swept(cfg.hydra.sweeper.params, "+setting", main):
+            c = compose(config_name="config", overrides=[f"experiment={experiment}", f"+setting={name}"])
+            settings.append(Setting(c.data.name, c.model.name, c.data.train_size))
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}_sanity"], return_hydra_config=True)
+        models = _swept(cfg.hydra.sweeper.params, "model", sanity)
+        sanity_settings = tuple(Setting(cfg.data.name, model) for model in models)
+    missing = [a for a in (BASELINE, DROPOUT, EARLY, COMBO, *DROPOUT_VARIANTS) if a not in arms]
+    if missing:
+        raise ValueError(f"{main}: regularizer={','.join(arms)} lacks {', '.join(missing)}, which the claims compare")
+    return Sweep(arms, tuple(settings), sanity_settings)
+
+
+SWEEP = read_sweep()
+ARMS = SWEEP.arms
+MAIN_SETTINGS = tuple(s for s in SWEEP.settings if s.train_size is None)
+# the training-set-size axis: the settings with a data.train_size, then the same data/model on the whole split
+_SIZED = sorted((s for s in SWEEP.settings if s.train_size is not None), key=lambda s: s.train_size)
+if len({(s.data, s.model) for s in _SIZED}) > 1:
+    raise ValueError(f"conf/experiment/{EXPERIMENT}.yaml: the settings with a data.train_size must share one "
+                     f"data and model; got {', '.join(s.label for s in _SIZED)}")
+SIZE_DATA, SIZE_MODEL = (_SIZED[0].data, _SIZED[0].model) if _SIZED else (None, None)
+SIZES = tuple(s.train_size for s in _SIZED) + tuple(
+    s.wanted_size for s in MAIN_SETTINGS if (s.data, s.model) == (SIZE_DATA, SIZE_MODEL))
 SIZE_SETTINGS = tuple(Setting(SIZE_DATA, SIZE_MODEL, n) for n in SIZES)
 
 # MNIST-1D benchmark (Greydanus & Kobak 2020), test accuracy: (model, what, as published, low, high);
-# a single published number ("~32%") is compared as that number +- 2 percentage points
+# a single published number ("~32%") is compared as that number +- 2 percentage points. Each model's
+# runs are those of the sanity sweep or of a main setting on the sanity sweep's data.
 PUBLISHED = (
     ("logreg", "logistic regression", "~32%", 0.30, 0.34),
     ("mlp", "MLP", "64–68%", 0.64, 0.68),
     ("resmlp", "MLP with residual hidden layer (their MLPBase)", "64–68%", 0.64, 0.68),
     ("cnn1d", "CNN", "92–94%", 0.92, 0.94),
 )
+SANITY_DATA = SWEEP.sanity[0].data
+_unswept = [m for m, *_ in PUBLISHED if Setting(SANITY_DATA, m) not in (*SWEEP.sanity, *MAIN_SETTINGS)]
+if _unswept:
+    raise ValueError(f"conf/experiment/{EXPERIMENT}_sanity.yaml: no sweep runs {', '.join(_unswept)} on {SANITY_DATA}, "
+                     f"which the sanity section compares with published numbers")
 
 # --------------------------------------------------------------------------------------
 # records -> runs with the study's columns
@@ -499,7 +560,7 @@ def _claim6(study: Study) -> None:
 
 
 def _sanity_contexts(study: Study) -> list[Context]:
-    return [resolve(study.runs, Setting("mnist1d", model)) for model, *_ in PUBLISHED]
+    return [resolve(study.runs, Setting(SANITY_DATA, model)) for model, *_ in PUBLISHED]
 
 
 def _sanity(study: Study) -> None:
@@ -636,8 +697,9 @@ def write_study(experiment_dir: str | Path = DEFAULT_DIR, template: str | Path |
 
 def main(argv: list[str] | None = None) -> int:
     code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(HERE.glob("*.py")))).hexdigest()
-    return claims.main(argv, prog=f"python {DEFAULT_DIR / Path(__file__).name}", description=__doc__.split("\n\n")[0],
-                       default_dir=DEFAULT_DIR, default_template=TEMPLATE, write_study=write_study, code=code)
+    return claims.main(argv, prog=f"python experiments/{HERE.name}/{Path(__file__).name}",
+                       description=__doc__.split("\n\n")[0], default_dir=DEFAULT_DIR, default_template=TEMPLATE,
+                       write_study=write_study, code=code)
 
 
 if __name__ == "__main__":
