@@ -10,9 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from regbench.regularizers.layers import realised_drop_rate
 from regbench.reporting import claims as C
 from regbench.reporting.synthetic import make_record, write_runs
+from test_layers import assert_proportion
 
 STUDY = Path(__file__).resolve().parents[1] / "experiments" / "dropout_vs_early_stopping"
 sys.path.insert(0, str(STUDY))
@@ -262,6 +266,45 @@ def test_seed_document_dropout_does_nothing():
     r = S.seed_doc_dropout_check()
     assert r["doc_changed"] == 0 and r["outputs"] == 1024
     assert 0.4 < r["ours_zeroed"] / r["outputs"] < 0.6
+
+
+# --------------------------------------------------------------------------------------
+# claim 6: Dropped(module), the fixed seed-document wrapper (it lives with the study)
+# --------------------------------------------------------------------------------------
+
+
+class SeedDocDropout(nn.Module):
+    """The snippet from the seed document: it wraps a module and does nothing else."""
+
+    def __init__(self, module: nn.Module, p: float = 0.5):
+        super().__init__()
+        self.module, self.p = module, p
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def assert_wrapper_drops(wrapper: nn.Module, x: torch.Tensor) -> None:
+    inner = wrapper.module(x)
+    y = wrapper.train()(x)
+    assert not torch.equal(y, inner), "the wrapper returns its module's output unchanged in training"
+    q = 1 - realised_drop_rate(wrapper.p)
+    assert torch.all((y == 0) | torch.isclose(y, inner / q))
+    torch.testing.assert_close(wrapper.eval()(x), inner, rtol=0, atol=0)
+
+
+def test_dropped_wraps_and_drops():
+    torch.manual_seed(1234)
+    x = torch.randn(64, 16)
+    wrapper = S.Dropped(nn.Linear(16, 16), p=0.5)
+    assert_wrapper_drops(wrapper, x)
+    y = wrapper.train()(x)
+    assert_proportion(int((y == 0).sum()), y.numel(), 0.5, "Dropped output drop rate")
+
+
+def test_dropped_check_catches_seed_doc_wrapper():
+    with pytest.raises(AssertionError, match="unchanged"):
+        assert_wrapper_drops(SeedDocDropout(nn.Linear(16, 16), p=0.5), torch.randn(64, 16))
 
 
 def test_cli_exit_codes(tmp_path, capsys):

@@ -38,9 +38,12 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats as sps
+from torch import nn
 
 from regbench.records import lookup, read_record
+from regbench.regularizers.layers import DropoutLayer, dropout
 from regbench.reporting import claims, stats
 from regbench.reporting.claims import (NOT_MEASURED, NOT_RUN, README_NAME, TESTED, VERDICT_RULE,
                                        Context, accuracy_family, acc_cell, compare_family, family_cells,
@@ -512,6 +515,28 @@ def write_size_plot(series: dict[str, list[tuple[int, float, float, float]]], pa
     return path
 
 
+# --------------------------------------------------------------------------------------
+# claim 6: the seed document's Dropout(module) wrapper, and Dropped(module), what it meant
+# --------------------------------------------------------------------------------------
+
+class Dropped(DropoutLayer):
+    """Wrap any module and apply inverted dropout to its output: ``dropout(module(x), p)``.
+
+    This is what the seed document's ``Dropout(module)`` wrapper meant to do; that one
+    returned ``self.module(x)`` unchanged, so it regularised nothing (claim 6).
+    """
+
+    def __init__(self, module: nn.Module, p: float = 0.5, mc: bool = False):
+        super().__init__(p, mc)
+        self.module = module
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        y = self.module(*args, **kwargs)
+        if not self.active or (self._p == 0.0 and not self.stacked):
+            return y
+        return dropout(y, self.rate if self.stacked else self._p, True)
+
+
 SEED_DOC_SNIPPET = '''class Dropout(nn.Module):
     def __init__(self, module):
         super(Dropout, self).__init__()
@@ -524,11 +549,6 @@ SEED_DOC_SNIPPET = '''class Dropout(nn.Module):
 def seed_doc_dropout_check(n: int = 64, width: int = 16, p: float = 0.5) -> dict[str, Any]:
     """Run the seed document's Dropout class and regbench's `Dropped` wrapper in training mode on the
     same input (fixed seed, the global generator left untouched); count what each changes."""
-    import torch
-    from torch import nn
-
-    from regbench.regularizers.layers import Dropped
-
     ns: dict[str, Any] = {"nn": nn}
     exec(SEED_DOC_SNIPPET, ns)  # the document's code, verbatim
     with torch.random.fork_rng(devices=[]):
