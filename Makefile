@@ -7,7 +7,7 @@ SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
 # the sweep folder `make run` prints: SWEEP's name= and runs_root= when it sets them
 RUN_DIR = $(or $(patsubst runs_root=%,%,$(filter runs_root=%,$(SWEEP))),runs)/$(or $(patsubst name=%,%,$(filter name=%,$(SWEEP))),default)
 
-.PHONY: setup run test test-slow test-cluster tables bench study study-replicas study-tuned clean
+.PHONY: setup run test test-slow test-cluster tables bench study study-tuned clean
 
 setup: $(STAMP)
 
@@ -33,15 +33,10 @@ test-cluster: $(STAMP)   ## sweeps through a real SLURM cluster (as root, first:
 	$(PY) -m pytest -q -m cluster tests/test_cluster.py
 
 # --if-changed: a report is rebuilt only when its records (or the reporting code) changed since it was
-# written (.report_stamp in each folder); FORCE=1 rebuilds them all. agreement.md is redone when
-# either study's per-arm table is newer than it.
+# written (.report_stamp in each folder); FORCE=1 rebuilds them all.
 tables: $(STAMP)  ## regenerate the reports whose records changed (no training); says what it rebuilt
 	$(PY) -m regbench.tables --each $(if $(FORCE),,--if-changed) runs experiments
-	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) -m regbench.study $(STUDY) $(if $(FORCE),,--if-changed); fi
-	if [ -f $(REPLICAS)/per_arm.csv ] && [ -f $(STUDY)/per_arm.csv ] && { [ -n "$(FORCE)" ] || \
-	    [ ! -f $(REPLICAS)/agreement.md ] || [ $(REPLICAS)/per_arm.csv -nt $(REPLICAS)/agreement.md ] || \
-	    [ $(STUDY)/per_arm.csv -nt $(REPLICAS)/agreement.md ]; }; then \
-	  $(PY) $(REPLICAS)/compare.py > /dev/null && echo "$(REPLICAS)/agreement.md: rebuilt"; fi
+	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) $(STUDY)/analysis.py $(STUDY) $(if $(FORCE),,--if-changed); fi
 
 bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> benchmarks/results.md
 	$(PY) benchmarks/bench.py
@@ -59,11 +54,7 @@ endef
 
 STUDY := experiments/dropout_vs_early_stopping
 study: $(STAMP)   ## the dropout-vs-early-stopping study from scratch (runs already on disk are skipped)
-	$(call timed_study,study,dropout_vs_early_stopping,$(STUDY),$(PY) -m regbench.study $(STUDY))
-
-REPLICAS := experiments/dropout_vs_early_stopping_replicas
-study-replicas: $(STAMP)   ## the same study with stacked replicas (10 seeds per model), timed, then compared with it
-	$(call timed_study,study-replicas,dropout_vs_early_stopping_replicas,$(REPLICAS),$(PY) $(REPLICAS)/compare.py)
+	$(call timed_study,study,dropout_vs_early_stopping,$(STUDY),$(PY) $(STUDY)/analysis.py $(STUDY))
 
 TUNED := experiments/tuned_mnist1d_mlp
 study-tuned: $(STAMP)   ## the tuned protocol on the MNIST-1D MLP (7 arms x 16 trials x 3 seeds + 7 x 20 final seeds), timed

@@ -6,7 +6,7 @@ Conventions:
   chi-square interval) at a small false-alarm rate, ALPHA below, Bonferroni-corrected when
   many quantities are tested at once -- never a loose hand-picked tolerance;
 * the ``*_mutant`` tests run the same checks on deliberately broken layers (no rescale,
-  the seed document's do-nothing wrapper, element-wise masks where blocks/channels/samples
+  element-wise masks where blocks/channels/samples
   /weights should be dropped) and require the check to fail: a check that cannot fail
   proves nothing.
 """
@@ -31,7 +31,6 @@ from regbench.regularizers.layers import (
     DropPath,
     Dropout,
     DropoutLayer,
-    Dropped,
     GaussianDropout,
     SpatialDropout,
     bernoulli_noise,
@@ -104,15 +103,12 @@ LAYERS = {
     "DropBlock1d": (lambda p: DropBlock(p, block_size=3), (4, 6, 20)),
     "DropBlock2d": (lambda p: DropBlock(p, block_size=3), (4, 6, 9, 9)),
     "DropPath": (lambda p: DropPath(p), (8, 4, 5)),
-    "Dropped": (lambda p: Dropped(nn.Linear(16, 16), p), (8, 16)),
     "DropConnectLinear": (lambda p: DropConnectLinear(16, 12, p=p), (8, 16)),
 }
 
 
 def deterministic_reference(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What the layer computes when it does not drop: x, the wrapped module, or the full linear."""
-    if isinstance(layer, Dropped):
-        return layer.module(x)
+    """What the layer computes when it does not drop: x, or the full linear."""
     if isinstance(layer, DropConnectLinear):
         return F.linear(x, layer.weight, layer.bias)
     return x
@@ -173,7 +169,7 @@ def test_deterministic_under_manual_seed(name):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("name", [n for n in LAYERS if n not in ("Dropped", "DropConnectLinear", "AlphaDropout")])
+@pytest.mark.parametrize("name", [n for n in LAYERS if n not in ("DropConnectLinear", "AlphaDropout")])
 def test_gradient_is_the_noise(name):
     """y = x * noise for these layers, so dy/dx = noise and x * grad == y, element by element."""
     factory, shape = LAYERS[name]
@@ -647,44 +643,6 @@ def test_drop_block_small_maps_and_bad_input():
         DropBlock(0.1, 3)(torch.ones(4, 5))
     with pytest.raises(ValueError, match="block_size"):
         DropBlock(0.1, 0)
-
-
-# --------------------------------------------------------------------------------------
-# Dropped(module), the fixed seed-document wrapper
-# --------------------------------------------------------------------------------------
-
-
-class SeedDocDropout(nn.Module):
-    """The snippet from the seed document: it wraps a module and does nothing else."""
-
-    def __init__(self, module: nn.Module, p: float = 0.5):
-        super().__init__()
-        self.module, self.p = module, p
-
-    def forward(self, x):
-        return self.module(x)
-
-
-def assert_wrapper_drops(wrapper: nn.Module, x: torch.Tensor) -> None:
-    inner = wrapper.module(x)
-    y = wrapper.train()(x)
-    assert not torch.equal(y, inner), "the wrapper returns its module's output unchanged in training"
-    q = 1 - realised_drop_rate(wrapper.p)
-    assert torch.all((y == 0) | torch.isclose(y, inner / q))
-    torch.testing.assert_close(wrapper.eval()(x), inner, rtol=0, atol=0)
-
-
-def test_dropped_wraps_and_drops():
-    x = torch.randn(64, 16)
-    wrapper = Dropped(nn.Linear(16, 16), p=0.5)
-    assert_wrapper_drops(wrapper, x)
-    y = wrapper.train()(x)
-    assert_proportion(int((y == 0).sum()), y.numel(), 0.5, "Dropped output drop rate")
-
-
-def test_dropped_check_catches_seed_doc_wrapper():
-    with pytest.raises(AssertionError, match="unchanged"):
-        assert_wrapper_drops(SeedDocDropout(nn.Linear(16, 16), p=0.5), torch.randn(64, 16))
 
 
 # --------------------------------------------------------------------------------------

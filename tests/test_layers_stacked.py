@@ -34,7 +34,6 @@ from regbench.regularizers.layers import (
     DropConnectLinear,
     DropPath,
     Dropout,
-    Dropped,
     GaussianDropout,
     SpatialDropout,
     alpha_dropout,
@@ -92,10 +91,8 @@ class Population:
 
 
 def reference(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What one replica computes when it drops nothing: x, its wrapped module, its full linear."""
+    """What one replica computes when it drops nothing: x, its full linear."""
     with torch.no_grad():
-        if isinstance(layer, Dropped):
-            return layer.module(x)
         if isinstance(layer, DropConnectLinear):
             return F.linear(x, layer.weight, layer.bias)
         return x
@@ -104,7 +101,7 @@ def reference(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def assert_reference(y: torch.Tensor, layer: nn.Module, x: torch.Tensor) -> None:
     """y is what the replica computes without noise: exactly x, or its linear map up to rounding
     (a batched matmul under vmap need not round like the plain one)."""
-    if isinstance(layer, (Dropped, DropConnectLinear)):
+    if isinstance(layer, DropConnectLinear):
         torch.testing.assert_close(y, reference(layer, x))
     else:
         assert torch.equal(y, x)
@@ -124,7 +121,6 @@ KINDS = {
     "DropBlock1d": (lambda p: DropBlock(p, block_size=3), (4, 6, 20)),
     "DropBlock2d": (lambda p: DropBlock(p, block_size=3), (4, 6, 9, 9)),
     "DropPath": (lambda p: DropPath(p), (8, 4, 5)),
-    "Dropped": (lambda p: Dropped(nn.Linear(16, 16), p), (8, 16)),
 }
 
 
@@ -144,8 +140,6 @@ def _same_along(y: torch.Tensor, dims: tuple[int, ...]) -> None:
 
 BERNOULLI = {
     "Dropout": (lambda p: Dropout(p), lambda: torch.rand(200, 100) + 0.5,
-                lambda y: y.flatten(), lambda y: None),
-    "Dropped": (lambda p: Dropped(nn.Linear(100, 100), p), lambda: torch.randn(200, 100),
                 lambda y: y.flatten(), lambda y: None),
     "SpatialDropout": (lambda p: SpatialDropout(p), lambda: torch.rand(400, 25, 2, 2) + 0.5,
                        lambda y: y[:, :, 0, 0].flatten(), lambda y: _same_along(y, (2, 3))),
@@ -465,7 +459,6 @@ NOISE_INPUTS = {
     "AlphaDropout": lambda: torch.selu(torch.randn(100, 100)),
     "SpatialDropout": BERNOULLI["SpatialDropout"][1],
     "DropPath": BERNOULLI["DropPath"][1],
-    "Dropped": BERNOULLI["Dropped"][1],
     "DropConnectLinear": BERNOULLI["DropConnectLinear"][1],
     "DropBlock1d": lambda: torch.ones(2000, 1, 32),
     "DropBlock2d": lambda: torch.ones(2000, 1, 9, 9),

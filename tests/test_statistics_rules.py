@@ -13,7 +13,6 @@ from omegaconf import OmegaConf
 from scipy import stats as sps
 
 from regbench import health
-from regbench import study as S
 from regbench import tables as cli
 from regbench.analysis import predictions
 from regbench.reporting import stats, write_report
@@ -157,7 +156,7 @@ def test_an_arm_added_in_another_setting_leaves_this_settings_p_values(tmp_path)
 
 
 def test_study_claim_p_values_ignore_an_unrelated_arm(tmp_path):
-    from test_study import study_records
+    from test_study import S, study_records
 
     settings = [("mnist1d", "mlp", None), ("mnist5k", "mlp", None), ("digits", "mlp", None)]
     recs = study_records(settings=settings, arms=("none", "dropout", "weight_decay", "gaussian_dropout"),

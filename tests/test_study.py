@@ -1,15 +1,26 @@
-"""The study report generator (regbench.study) on synthetic experiment folders with known effects."""
+"""The study's report generator (experiments/dropout_vs_early_stopping/analysis.py, on
+regbench.reporting.claims) on synthetic experiment folders with known effects."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from regbench import study as S
+from regbench.regularizers.layers import realised_drop_rate
+from regbench.reporting import claims as C
 from regbench.reporting.synthetic import make_record, write_runs
+from test_layers import assert_proportion
+
+STUDY = Path(__file__).resolve().parents[1] / "experiments" / "dropout_vs_early_stopping"
+sys.path.insert(0, str(STUDY))
+import analysis as S  # noqa: E402  (the study's own module, beside its records)
 
 CLAIM_HEADINGS = (
     "## Claim 1: dropout prevents overfitting",
@@ -81,7 +92,7 @@ def make_study(root: Path, **kw) -> Path:
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     d = make_study(tmp_path_factory.mktemp("study"))
-    (d / S.TIMING_FILE).write_text(json.dumps({"seconds": 5400.0, "command": "python run.py -m experiment=X",
+    (d / C.TIMING_FILE).write_text(json.dumps({"seconds": 5400.0, "command": "python run.py -m experiment=X",
                                                "machine": "2-core test box"}))
     study = S.write_study(d, plots=False)  # the generic plots take seconds; size_effect.png is tested below
     return d, study
@@ -113,20 +124,20 @@ def test_numbers_shown_are_the_dataframe_values(full):
         for arm in ("none", "dropout", "early_stop"):
             r = pa[(pa["data"] == data) & (pa["model"] == model) & (pa["regularizer"] == arm)
                    & (pa["config"] == config_hash(data, model))].iloc[0]
-            assert S.fmt_acc(r["test_acc_mean"], r["test_acc_ci95_low"], r["test_acc_ci95_high"]) in text
+            assert C.fmt_acc(r["test_acc_mean"], r["test_acc_ci95_low"], r["test_acc_ci95_high"]) in text
         r = pw[(pw["data"] == data) & (pw["model"] == model) & (pw["regularizer"] == "dropout")
                & (pw["config"] == config_hash(data, model))].iloc[0]
         row = f"| {data}/{model} |"
         line = next(ln for ln in text.splitlines() if ln.startswith(row) and
-                    S.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in ln)
+                    C.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in ln)
         # claim 1's p-values are Holm within its own family (the 5 settings), not pairwise.md's
         c = next(c for k, c in study.families["claim1_accuracy"].items() if k[1].data == data and k[1].model == model)
-        assert f"| {S.fmt_p(c.p_holm)} | {c.outcome} |" in line
+        assert f"| {C.fmt_p(c.p_holm)} | {c.outcome} |" in line
         assert c.result["p_verdict"] <= c.p_holm <= min(1.0, 5 * c.result["p_verdict"]) + 1e-15
     # the size axis shows the pairwise rows of each size's own config
     for n in (500, 1000, 2000):
         r = pw[(pw["config"] == config_hash("mnist1d", "mlp", n)) & (pw["regularizer"] == "dropout")].iloc[0]
-        assert S.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in text
+        assert C.fmt_pp(r["test_acc_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"]) in text
 
 
 def test_verdicts_fire_on_clear_effects(full):
@@ -180,7 +191,7 @@ def test_regeneration_is_byte_identical(full, tmp_path):
     (["not run", "not testable"], "not run"),
 ])
 def test_tally_rule(outcomes, category):
-    assert S.tally(outcomes)[0] == category
+    assert C.tally(outcomes)[0] == category
 
 
 def test_dropout_worse_everywhere_is_contradicted_and_mixed_is_mixed(tmp_path):
@@ -257,6 +268,45 @@ def test_seed_document_dropout_does_nothing():
     assert 0.4 < r["ours_zeroed"] / r["outputs"] < 0.6
 
 
+# --------------------------------------------------------------------------------------
+# claim 6: Dropped(module), the fixed seed-document wrapper (it lives with the study)
+# --------------------------------------------------------------------------------------
+
+
+class SeedDocDropout(nn.Module):
+    """The snippet from the seed document: it wraps a module and does nothing else."""
+
+    def __init__(self, module: nn.Module, p: float = 0.5):
+        super().__init__()
+        self.module, self.p = module, p
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def assert_wrapper_drops(wrapper: nn.Module, x: torch.Tensor) -> None:
+    inner = wrapper.module(x)
+    y = wrapper.train()(x)
+    assert not torch.equal(y, inner), "the wrapper returns its module's output unchanged in training"
+    q = 1 - realised_drop_rate(wrapper.p)
+    assert torch.all((y == 0) | torch.isclose(y, inner / q))
+    torch.testing.assert_close(wrapper.eval()(x), inner, rtol=0, atol=0)
+
+
+def test_dropped_wraps_and_drops():
+    torch.manual_seed(1234)
+    x = torch.randn(64, 16)
+    wrapper = S.Dropped(nn.Linear(16, 16), p=0.5)
+    assert_wrapper_drops(wrapper, x)
+    y = wrapper.train()(x)
+    assert_proportion(int((y == 0).sum()), y.numel(), 0.5, "Dropped output drop rate")
+
+
+def test_dropped_check_catches_seed_doc_wrapper():
+    with pytest.raises(AssertionError, match="unchanged"):
+        assert_wrapper_drops(SeedDocDropout(nn.Linear(16, 16), p=0.5), torch.randn(64, 16))
+
+
 def test_cli_exit_codes(tmp_path, capsys):
     assert S.main([str(tmp_path / "missing")]) == 2
     (tmp_path / "empty").mkdir()
@@ -264,3 +314,51 @@ def test_cli_exit_codes(tmp_path, capsys):
     d = make_study(tmp_path, settings=[("digits", "mlp", None)], arms=("none", "early_stop"), seeds=range(2))
     assert S.main([str(d), "--no-plots"]) == 0
     assert (d / "README.md").is_file() and "claim3_halt: supported" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------
+# the study's arms and settings come from its sweep YAMLs
+# --------------------------------------------------------------------------------------
+
+
+def test_arms_and_settings_are_the_sweep_yamls(tmp_path):
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(S.CONF / "experiment" / f"{S.EXPERIMENT}.yaml").hydra.sweeper.params
+    assert ",".join(S.ARMS) == params.regularizer
+    assert len(S.SWEEP.settings) == len(params["+setting"].split(","))
+    # an edited copy of the config: other arms, settings and sizes, in another order
+    conf = tmp_path / "conf"
+    shutil.copytree(S.CONF, conf)
+    path = conf / "experiment" / f"{S.EXPERIMENT}.yaml"
+    text = path.read_text()
+    text = text.replace(params["+setting"], "digits_mlp,mnist1d_mlp_n2000,mnist1d_mlp,mnist1d_mlp_n500")
+    arms = ("dropout_early_stop", "early_stop", "dropout", "none", "maxnorm_dropout", "gaussian_dropout")
+    text = text.replace(params.regularizer, ",".join(arms))
+    path.write_text(text)
+    sweep = S.read_sweep(conf)
+    assert sweep.arms == arms
+    assert sweep.settings == (S.Setting("digits", "mlp"), S.Setting("mnist1d", "mlp", 2000),
+                              S.Setting("mnist1d", "mlp"), S.Setting("mnist1d", "mlp", 500))
+    assert sweep.sanity == (S.Setting("mnist1d", "logreg"), S.Setting("mnist1d", "resmlp"))
+    path.write_text(text.replace("dropout_early_stop,early_stop,", ""))
+    with pytest.raises(ValueError, match=r"lacks early_stop, dropout_early_stop, which the claims compare"):
+        S.read_sweep(conf)
+
+
+def test_if_changed_rebuilds_when_the_records_or_the_study_code_change(tmp_path, capsys):
+    d = make_study(tmp_path, settings=[("digits", "mlp", None)], arms=("none", "dropout"), seeds=range(2))
+    written = []
+
+    def run(code):
+        def write(experiment_dir, template, plots):
+            written.append(code)
+            return S.write_study(experiment_dir, template, plots=plots)
+        return C.main([str(d), "--no-plots", "--if-changed"], prog="x", description="x", default_dir=d,
+                      default_template=S.TEMPLATE, write_study=write, code=code)
+
+    assert run("a") == 0 and run("a") == 0 and written == ["a"]
+    assert "study report unchanged" in capsys.readouterr().out
+    assert run("b") == 0 and written == ["a", "b"]  # an edit of the study's code
+    write_runs(d, study_records(settings=[("digits", "mlp", None)], arms=("none",), seeds=[7]))
+    assert run("b") == 0 and written == ["a", "b", "b"]  # a new record

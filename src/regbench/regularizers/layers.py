@@ -97,7 +97,6 @@ __all__ = [
     "DropBlock",
     "drop_path",
     "DropPath",
-    "Dropped",
 ]
 
 _INT64_MIN = -(2**63)
@@ -640,26 +639,3 @@ class DropPath(DropoutLayer):
         if not self.active or (self._p == 0.0 and not self.stacked):
             return x
         return drop_path(x, self.rate if self.stacked else self._p, True)
-
-
-# --------------------------------------------------------------------------------------
-# Dropped(module)
-# --------------------------------------------------------------------------------------
-
-
-class Dropped(DropoutLayer):
-    """Wrap any module and apply inverted dropout to its output: ``dropout(module(x), p)``.
-
-    This is what the seed document's ``Dropout(module)`` wrapper meant to do; that one
-    returned ``self.module(x)`` unchanged, so it regularised nothing.
-    """
-
-    def __init__(self, module: nn.Module, p: float = 0.5, mc: bool = False):
-        super().__init__(p, mc)
-        self.module = module
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        y = self.module(*args, **kwargs)
-        if not self.active or (self._p == 0.0 and not self.stacked):
-            return y
-        return dropout(y, self.rate if self.stacked else self._p, True)

@@ -1,11 +1,11 @@
 """Which reports are out of date: a fingerprint of what a report is computed from.
 
 A report folder's fingerprint hashes the bytes of every results.json at or below it (with their
-relative paths), the reporting code (regbench/reporting/*.py and regbench/study.py) and the options
-it is written with. `make tables` (`--if-changed`) rebuilds a report only when its fingerprint
-differs from the one stored in the folder's `.report_stamp` when the report was last written: an
-unchanged tree rebuilds nothing, a new or rerun record or an edit of the reporting code rebuilds
-the reports it touches. Content, not modification times, so a fresh checkout agrees with itself.
+relative paths), the reporting code (regbench/reporting/*.py) and the options it is written with
+(a study's analysis passes a digest of its own code among them). `make tables` (`--if-changed`)
+rebuilds a report only when its fingerprint differs from the one stored in the folder's
+`.report_stamp` when the report was last written: an unchanged tree rebuilds nothing, a new or
+rerun record or an edit of the reporting code rebuilds the reports it touches. Content, not modification times, so a fresh checkout agrees with itself.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 
 def _code_digest() -> str:
     h = hashlib.sha256()
-    for p in sorted([*(_PACKAGE / "reporting").glob("*.py"), _PACKAGE / "study.py"]):
-        if p.is_file():
-            h.update(p.name.encode() + b"\0" + p.read_bytes())
+    for p in sorted((_PACKAGE / "reporting").glob("*.py")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
 
 
