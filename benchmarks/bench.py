@@ -7,7 +7,8 @@
                             in process for 20 epochs, and as whole commands at the default 170 epochs;
                             a population of 50 (10 seeds x 5 dropout rates) / a raw batched-matmul loop
                             of the same 50-replica MLP written here (the ceiling of stacking)
-    4. parallel sweep       2 arms x 4 seeds: sequential launcher / joblib launcher (2 jobs x 1 thread)
+    4. parallel sweep       2 arms x 4 seeds: basic launcher / joblib launcher (2 jobs x 1 thread), and
+                            basic / the default (stacking) launcher
     5. start-up             `python run.py --help`; a 1-epoch run, its import and set-up seconds
 
 Writes benchmarks/results.md (and prints it). Timing is wall clock, median of repeats; the
@@ -173,13 +174,18 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.Co
 
 
 def sweep_speedup(epochs: int) -> dict:
+    """2 arms x 4 seeds: one after another in one process (hydra/launcher=basic), in 2 joblib workers,
+    and with the default launcher, which stacks each arm's 4 seeds into one population."""
     sweep = ["-m", "regularizer=none,dropout", "seed=0,1,2,3", f"trainer.max_epochs={epochs}",
              "trainer.progress_every=0", "trainer.threads=1", "~hydra.callbacks.report"]
     out = {}
-    for label, launcher in (("sequential", []), ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])):
+    for label, launcher in (("sequential", ["hydra/launcher=basic"]),
+                            ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+                            ("stacked", [])):
         with tempfile.TemporaryDirectory() as d:
             out[label], _ = timed([sys.executable, "run.py", *sweep, *launcher, f"runs_root={d}"])
     out["speedup"] = out["sequential"] / out["joblib"]
+    out["stacked_speedup"] = out["sequential"] / out["stacked"]
     return out
 
 
@@ -258,6 +264,8 @@ def main() -> None:
         f"{pr['epochs']} epochs | {pr['ratio']:.2f}x ({pr['ours']:.0f} vs {pr['raw']:.0f}) | >= 0.8x |",
         f"| parallel sweep speed-up, 2 arms x 4 seeds x {args.sweep_epochs} epochs: sequential {sw['sequential']:.1f} s"
         f" / joblib (2 jobs x 1 thread) {sw['joblib']:.1f} s | {sw['speedup']:.2f}x | >= 1.7x |",
+        f"| stacked sweep speed-up, the same sweep: sequential {sw['sequential']:.1f} s / the default launcher "
+        f"(each arm's 4 seeds one population, one process) {sw['stacked']:.1f} s | {sw['stacked_speedup']:.2f}x | |",
         f"| start-up: `python run.py --help` | {st['help_seconds']:.2f} s | |",
         f"| start-up: 1-epoch run, whole command | {st['one_epoch_run_seconds']:.2f} s | |",
         f"| start-up: of which imports and config (Hydra, torch, Lightning), as the run reports it | {st['imports_seconds']:.2f} s | |",

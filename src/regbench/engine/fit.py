@@ -120,11 +120,11 @@ def make_optimizer(pop: Population, name: str, lr: Sequence[float], weight_decay
     if name not in ("adam", "sgd"):
         raise NotStackable(f"optimizer {name!r} is not stacked (adam, sgd)")
     if len(set(lr)) == 1 and len(set(weight_decay)) == 1 and (name == "adam" or len(set(momentum)) == 1):
-        return SharedOptimizer(pop.params, name, float(lr[0]), float(weight_decay[0]), pop.decayed(),
-                               float(momentum[0]))
+        return SharedOptimizer(pop.leaves(), name, float(lr[0]), float(weight_decay[0]), pop.decayed(),
+                               float(momentum[0]), stacked=pop.stacked)
     device = pop.device
     vec = lambda v: torch.tensor([float(x) for x in v], dtype=torch.float64, device=device)  # noqa: E731
-    return StackedOptimizer(pop.params, name, lr=vec(lr), weight_decay=vec(weight_decay), decay=pop.decayed(),
+    return StackedOptimizer(pop.leaves(), name, lr=vec(lr), weight_decay=vec(weight_decay), decay=pop.decayed(),
                             momentum=vec(momentum) if name == "sgd" else None)
 
 
@@ -133,8 +133,9 @@ class SharedOptimizer:
     their optimizer hyperparameters; the same small interface as StackedOptimizer."""
 
     def __init__(self, params: dict[str, torch.Tensor], name: str, lr: float, weight_decay: float,
-                 decay: set[str], momentum: float):
+                 decay: set[str], momentum: float, stacked: bool = True):
         self.name, self.lr, self.weight_decay, self.decay, self.momentum = name, lr, weight_decay, decay, momentum
+        self.stacked = stacked  # False: the parameters are one module's own (a population of one)
         self.opt = self._build(params)
 
     def _build(self, params: dict[str, torch.Tensor]):
@@ -143,7 +144,7 @@ class SharedOptimizer:
                   {"params": [params[k] for k in self.names if k not in self.decay], "weight_decay": 0.0}]
         make = (lambda **kw: torch.optim.Adam(groups, lr=self.lr, **kw)) if self.name == "adam" else (
             lambda **kw: torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, **kw))
-        if next(iter(params.values())).shape[0] == 1:
+        if not self.stacked:
             # a population of one is an ordinary run: torch's default implementation, the plain loop's own,
             # so its trajectory stays equal to a plain PyTorch loop's (the fused kernel rounds differently,
             # and Adam amplifies last-bit differences until, ~8 epochs on, the losses part by 1e-3 and more)
@@ -161,10 +162,11 @@ class SharedOptimizer:
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         params = [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
-        norms = torch.stack([p.grad.flatten(1).pow(2).sum(1) for p in params]).sum(0).sqrt()  # [S]
+        grads = [p.grad if self.stacked else p.grad.unsqueeze(0) for p in params]   # [S, ...] each
+        norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # [S]
         factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        for p in params:
-            p.grad.mul_(factor.view(-1, *([1] * (p.dim() - 1))))
+        for g in grads:
+            g.mul_(factor.view(-1, *([1] * (g.dim() - 1))))
         return norms
 
     def state_dict(self) -> dict[str, Any]:
@@ -205,12 +207,13 @@ def train_epoch(pop: Population, opt, objective, x: torch.Tensor, y: torch.Tenso
         opt.step()
         if maxnorm is not None:
             pop.max_norm_(maxnorm)
+        # per step only keep references: the epoch's metrics are computed once, at its end
         losses.append(loss.detach())
-        preds.append(logits.detach().argmax(-1))
+        preds.append(logits.detach())
         sizes.append(idx.shape[1])
     w = torch.tensor(sizes, device=x.device, dtype=torch.float32)
     mean_loss = (torch.stack(losses, 1) * w).sum(1) / w.sum()
-    acc = (torch.cat(preds, 1) == y[orders]).float().mean(1)
+    acc = (torch.cat(preds, 1).argmax(-1) == y[orders]).float().mean(1)
     return mean_loss, acc, len(sizes)
 
 
@@ -358,7 +361,7 @@ class Training:
             if keep_rows and not last:
                 keep = torch.tensor(keep_rows, device=device)
                 pop.select(keep)
-                self.opt.keep(keep, pop.params)
+                self.opt.keep(keep, pop.leaves())
             self.active = [active[j] for j in keep_rows]
         self.train_seconds += time.perf_counter() - t1
         return means
@@ -366,7 +369,8 @@ class Training:
     # -------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed training needs (tensors and plain values: torch.load(weights_only=True))."""
-        return {"params": {k: v.detach() for k, v in self.pop.params.items()}, "buffers": dict(self.pop.buffers),
+        return {"params": {k: v.detach().clone() for k, v in self.pop.params.items()},
+                "buffers": {k: v.clone() for k, v in self.pop.buffers.items()},
                 "optimizer": self.opt.state_dict(), "final": self.final, "best": self.best,
                 "active": list(self.active), "epochs_run": self.epochs_run, "train_seconds": self.train_seconds,
                 "trackers": [_tracker_state(t) for t in self.trackers]}
@@ -375,9 +379,12 @@ class Training:
         active = list(state["active"])
         rows = torch.tensor(active, device=self.device, dtype=torch.long)
         self.pop.select(rows)  # the population as it was: the replicas still training
-        self.pop.params = {k: v.to(self.device).clone().requires_grad_(True) for k, v in state["params"].items()}
+        if self.pop.stacked:
+            self.pop.params = {k: v.to(self.device).clone().requires_grad_(True) for k, v in state["params"].items()}
+        else:
+            self.pop.params = state["params"]  # copied into the module's own parameters
         self.pop.buffers = {k: v.to(self.device) for k, v in state["buffers"].items()}
-        self.opt.keep(rows, self.pop.params)
+        self.opt.keep(rows, self.pop.leaves())
         self.opt.load_state_dict(state["optimizer"])
         self.final, self.best = state["final"], state["best"]
         self.active, self.epochs_run, self.train_seconds = active, state["epochs_run"], state["train_seconds"]

@@ -53,16 +53,55 @@ class Population:
             if structure(net) != first:
                 raise NotStackable(f"replica {i} has another architecture than replica 0 (layers or tensor shapes differ)")
         self.template = copy.deepcopy(nets[0])          # a real module: replica i is loaded into it on demand
-        self.base = copy.deepcopy(nets[0]).to("meta")   # the stateless module functional_call runs
         self.stacked = len(nets) > 1
         if self.stacked:
             from regbench.regularizers.layers import set_stacked
 
+            self.base = copy.deepcopy(nets[0]).to("meta")   # the stateless module functional_call runs
             set_stacked(self.base, True)
-        params, buffers = stack_module_state(nets)
-        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        self.buffers = {k: v.detach().clone() for k, v in buffers.items()}
+            params, buffers = stack_module_state(nets)
+            self._params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+            self._buffers = {k: v.detach().clone() for k, v in buffers.items()}
+        else:  # a population of one is its replica's module itself: no functional_call, no vmap
+            self.base = self.net = nets[0]
         self.initial_buffers = {k: v.clone() for k, v in self.buffers.items()}  # every replica's, as built
+
+    # ------------------------------------------------------------------ the tensors
+    # Stacked: leaves [S, *shape]. A population of one: [1, *shape] views of its module's own tensors
+    # (assigning copies into them), so the optimizer steps the module's parameters (`leaves`).
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        if self.stacked:
+            return self._params
+        return {k: v.unsqueeze(0) for k, v in self.net.named_parameters()}
+
+    @params.setter
+    def params(self, value: dict[str, torch.Tensor]) -> None:
+        if self.stacked:
+            self._params = value
+            return
+        with torch.no_grad():
+            for k, v in self.net.named_parameters():
+                v.copy_(value[k][0])
+
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        if self.stacked:
+            return self._buffers
+        return {k: v.unsqueeze(0) for k, v in self.net.named_buffers()}
+
+    @buffers.setter
+    def buffers(self, value: dict[str, torch.Tensor]) -> None:
+        if self.stacked:
+            self._buffers = value
+            return
+        with torch.no_grad():
+            for k, v in self.net.named_buffers():
+                v.copy_(value[k][0])
+
+    def leaves(self) -> dict[str, torch.Tensor]:
+        """The tensors the optimizer steps: the stacked leaves, or the module's own parameters."""
+        return self._params if self.stacked else dict(self.net.named_parameters())
 
     # ------------------------------------------------------------------ shape and state
     @property
@@ -74,8 +113,11 @@ class Population:
         return next(iter(self.params.values())).device
 
     def to(self, device) -> "Population":
-        self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in self.params.items()}
-        self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
+        if self.stacked:
+            self._params = {k: v.detach().to(device).requires_grad_(True) for k, v in self._params.items()}
+            self._buffers = {k: v.to(device) for k, v in self._buffers.items()}
+        else:
+            self.net.to(device)
         self.initial_buffers = {k: v.to(device) for k, v in self.initial_buffers.items()}
         self.template.to(device)
         return self
@@ -99,6 +141,10 @@ class Population:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only replicas ``rows`` (stopped ones leave the stack): new leaf tensors."""
+        if not self.stacked:
+            if rows.tolist() != [0]:
+                raise ValueError(f"a population of one cannot keep rows {rows.tolist()}")
+            return
         self.params = {k: v.detach()[rows].clone().requires_grad_(True) for k, v in self.params.items()}
         self.buffers = {k: v[rows].clone() for k, v in self.buffers.items()}
 
@@ -106,8 +152,12 @@ class Population:
         """All S replicas (stopped ones included) holding ``state`` (a snapshot of every replica),
         for evaluation; the rates are the configured ones."""
         new = copy.copy(self)
-        new.params = {k: state[k] for k in self.params}
-        new.buffers = {k: state.get(k, v) for k, v in self.initial_buffers.items()}
+        if not self.stacked:
+            new.base = new.net = copy.deepcopy(self.template)
+            new.net.load_state_dict({k: v[0] for k, v in state.items()}, strict=True)
+            return new
+        new._params = {k: state[k] for k in self._params}
+        new._buffers = {k: state.get(k, v) for k, v in self.initial_buffers.items()}
         return new
 
     def module(self, state: dict[str, torch.Tensor], i: int) -> nn.Module:
@@ -123,9 +173,7 @@ class Population:
     def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
         """Logits [S, B, C]; ``x`` is [S, B, ...] (each replica its batch) or, ``shared``, [B, ...]."""
         if not self.stacked:
-            p = {k: v[0] for k, v in self.params.items()}
-            b = {k: v[0] for k, v in self.buffers.items()}
-            return self._call(p, b, x if shared else x[0]).unsqueeze(0)
+            return self.net(x if shared else x[0]).unsqueeze(0)
         return vmap(self._call, in_dims=(0, 0, None if shared else 0), randomness="different")(
             self.params, self.buffers, x)
 
@@ -135,9 +183,7 @@ class Population:
             return objective(partial(self._call, p, b), xb, yb)
 
         if not self.stacked:
-            p = {k: v[0] for k, v in self.params.items()}
-            b = {k: v[0] for k, v in self.buffers.items()}
-            loss, logits = one(p, b, x[0], y[0])
+            loss, logits = objective(self.net, x[0], y[0])
             return loss.unsqueeze(0), logits.unsqueeze(0)
         return vmap(one, randomness="different")(self.params, self.buffers, x, y)
 
@@ -148,18 +194,14 @@ class Population:
 
     def set_rates(self, base: dict[str, torch.Tensor], factor: torch.Tensor) -> None:
         """Dropout schedules: every rate buffer becomes ``base * factor`` (factor: [S], per replica).
-        With S = 1 the (unstacked) layers read their float ``p``: it is set too."""
+        With S = 1 the module's layers read their float ``p``: it is set (which sets their rate too)."""
+        if self.stacked:
+            for k, v in base.items():
+                self._buffers[k] = v * factor.to(v)
+            return
+        names = dict(self.net.named_modules())
         for k, v in base.items():
-            self.buffers[k] = v * factor.to(v)
-        if not self.stacked:
-            from regbench.regularizers.layers import DropoutLayer
-
-            names = {n: m for n, m in self.base.named_modules()}
-            for k, v in self.buffers.items():
-                if k in base:
-                    module = names[k[: -len(".rate")] if k.endswith(".rate") else ""]
-                    if isinstance(module, DropoutLayer):
-                        module.p = float(v[0])
+            names[k[: -len(".rate")] if k.endswith(".rate") else ""].p = float(v[0] * factor[0])
 
     @torch.no_grad()
     def max_norm_(self, c: torch.Tensor) -> None:

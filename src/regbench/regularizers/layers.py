@@ -259,9 +259,9 @@ def bernoulli_noise(
     read it, which vmap forbids (the layers validate ``p`` on assignment).
     """
     if isinstance(p, torch.Tensor):
-        u = torch.rand(shape, device=device)
-        scale = torch.where(p < 1.0, 1.0 / (1.0 - p), 0.0)
-        return ((u >= p) * scale).to(dtype)
+        # u >= p never holds at p = 1, so its inf scale is never picked: zeros, not 0 * inf
+        noise = torch.where(torch.rand(shape, device=device) >= p, 1.0 / (1.0 - p), 0.0)
+        return noise if noise.dtype == dtype else noise.to(dtype)
     if not 0.0 < p < 1.0:
         raise ValueError(f"bernoulli_noise needs 0 < p < 1, got p={p}")
     shape = torch.Size(shape)
