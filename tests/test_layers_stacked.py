@@ -42,23 +42,11 @@ from regbench.regularizers.layers import (
     set_stacked,
 )
 
-ALPHA = 1e-4  # false-alarm probability of each statistical check (family-wise)
+from test_layers import ALPHA, _seeded, drop_probabilities, opening, z_crit  # noqa: E402,F401 (the same level,
+# seeding fixture, critical values and DropBlock geometry as the single-run layer tests)
+
 RATES = (0.1, 0.3, 0.5, 0.7)  # one per replica; every kind takes them (all < 1)
 SELU_SATURATION = -1.0507009873554805 * 1.6732632423543772  # -lambda * alpha, written out again here
-
-
-@pytest.fixture(autouse=True)
-def _seeded():
-    torch.manual_seed(1234)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def z_crit(k: int = 1) -> float:
-    """Two-sided normal critical value for k simultaneous tests at family-wise level ALPHA."""
-    return float(stats.norm.ppf(1 - ALPHA / (2 * k)))
 
 
 def f32(p: float) -> float:
@@ -332,30 +320,6 @@ def test_alpha_dropout_tensor_rate_is_torchs_alpha_dropout_formula():
 # --------------------------------------------------------------------------------------
 # DropBlock
 # --------------------------------------------------------------------------------------
-
-
-def opening(dropped: torch.Tensor, b: int) -> torch.Tensor:
-    """Morphological opening of a bool mask [M, *spatial] with a b(xb) window: the union of
-    all whole blocks inside it (as in test_layers.py); a mask equals it iff it is made of blocks."""
-    nd = dropped.dim() - 1
-    m = F.pad(dropped.float().unsqueeze(1), [b - 1] * (2 * nd), value=0.0)
-    pool = F.max_pool1d if nd == 1 else F.max_pool2d
-    eroded = -pool(-m, b, stride=1)
-    dilated = pool(F.pad(eroded, [b - 1] * (2 * nd)), b, stride=1)
-    crop = [slice(None), 0] + [slice(b - 1, b - 1 + s) for s in dropped.shape[1:]]
-    return dilated[tuple(crop)].bool()
-
-
-def drop_probabilities(p: float, spatial: tuple[int, ...], b: int) -> torch.Tensor:
-    """P(unit j dropped) = 1 - (1 - gamma)^c(j), c(j) = number of candidate blocks covering j."""
-    gamma = drop_block_gamma(p, spatial, b)
-    counts = []
-    for s in spatial:
-        bd = min(b, s)
-        j = torch.arange(s, dtype=torch.float64)
-        counts.append(torch.clamp(j, max=s - bd) - torch.clamp(j - bd + 1, min=0) + 1)
-    c = counts[0] if len(counts) == 1 else counts[0][:, None] * counts[1][None, :]
-    return 1 - (1 - gamma) ** c
 
 
 def test_drop_block_gamma_takes_a_tensor_rate():

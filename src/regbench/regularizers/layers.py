@@ -355,6 +355,16 @@ class Dropout(DropoutLayer):
 # --------------------------------------------------------------------------------------
 
 
+def _is_zero_rate(p: float | torch.Tensor, what: str) -> bool:
+    """For a float ``p`` in [0, 1): whether it is 0 (the layer is the identity); outside, ValueError.
+    A tensor ``p`` (stacked mode) is never read here: vmap forbids it (the layer checked it on assignment)."""
+    if isinstance(p, torch.Tensor):
+        return False
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{what}: p={p} is outside the allowed range [0, 1)")
+    return p == 0.0
+
+
 def gaussian_dropout(x: torch.Tensor, p: float | torch.Tensor = 0.5, training: bool = True) -> torch.Tensor:
     """Multiplicative Gaussian noise (Srivastava et al. 2014, section 10).
 
@@ -363,13 +373,8 @@ def gaussian_dropout(x: torch.Tensor, p: float | torch.Tensor = 0.5, training: b
     ``p`` may be a 0-d tensor (stacked mode; not range-checked, ``p = 0`` gives sigma 0):
     the same formula, vmap-safe since ``randn_like`` draws a fresh tensor.
     """
-    if not training:
+    if not training or _is_zero_rate(p, "gaussian_dropout"):
         return x
-    if not isinstance(p, torch.Tensor):
-        if p == 0.0:
-            return x
-        if not 0.0 < p < 1.0:
-            raise ValueError(f"gaussian_dropout: p={p} is outside the allowed range [0, 1)")
     sigma = (p / (1.0 - p)) ** 0.5
     return x * torch.randn_like(x).mul_(sigma).add_(1.0)
 
@@ -408,13 +413,9 @@ def alpha_dropout(x: torch.Tensor, p: float | torch.Tensor = 0.5, training: bool
     (the same formula, fused); a 0-d tensor ``p`` (stacked mode) the formula above with
     ``m = 1[u >= p]``, ``u ~ U[0, 1)`` drawn out of place, vmap-safe.
     """
-    if not training:
+    if not training or _is_zero_rate(p, "alpha_dropout"):
         return x
     if not isinstance(p, torch.Tensor):
-        if p == 0.0:
-            return x
-        if not 0.0 < p < 1.0:
-            raise ValueError(f"alpha_dropout: p={p} is outside the allowed range [0, 1)")
         return F.alpha_dropout(x, p, True)
     keep = torch.rand(x.shape, device=x.device) >= p
     a = ((1.0 - p) * (1.0 + p * _SELU_SATURATION**2)) ** -0.5
