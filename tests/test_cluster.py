@@ -217,12 +217,12 @@ def test_200_tiny_jobs_through_the_cluster_each_finish_exactly_once(tmp_path):
 import json, sys
 sys.path.insert(0, {str(ROOT / 'tests' / 'cluster')!r})
 from omegaconf import OmegaConf
-from hydra_plugins.regbench_launcher.slurm_launcher import make_executor, wait_for_jobs, is_lost
+from hydra_plugins.regbench_launcher.slurm_launcher import EXTRA_KEYS, make_executor, wait_for_jobs, is_lost
 import cloudpickle, tiny_task
 cloudpickle.register_pickle_by_value(tiny_task)  # the job needs no tests/ on its path
 params = OmegaConf.to_container(OmegaConf.load({str(ROOT / 'conf/hydra/launcher/slurm.yaml')!r}))
-for k in ("defaults", "result_grace_s", "partition"):
-    params.pop(k)
+for k in ("defaults", "partition", *EXTRA_KEYS):  # the launcher's own keys are not submitit's
+    params.pop(k, None)
 params.update(submitit_folder={str(tmp_path / '.submitit/%j')!r}, name="tiny", mem_gb=1, array_parallelism=16,
               additional_parameters={{"oversubscribe": True}})  # 4 tiny tasks per CPU (OverSubscribe=YES)
 jobs = make_executor(params).map_array(tiny_task.append_line, [{str(tmp_path / 'tasks.jsonl')!r}] * 200, range(200))
