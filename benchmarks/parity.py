@@ -43,3 +43,17 @@ def raw_train(x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int, batch
             total += loss.detach() * len(idx)
         losses.append(float(total / len(y)))
     return losses, time.perf_counter() - t0, net
+
+
+def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
+    """A separate run's optimizer, written plainly (net -> optimizer), the reference the engine's own
+    optimizers are tested against: weight decay is a coupled L2 penalty on weights only, not biases."""
+    def build(net):
+        decay = [p for p in net.parameters() if p.dim() > 1]
+        no_decay = [p for p in net.parameters() if p.dim() <= 1]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if name == "adam":
+            return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+    return build

@@ -9,11 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regbench.app import make_optimizer
 from regbench.regularizers.constraints import max_norm_
 from regbench.regularizers.layers import Dropout
 from regbench.regularizers.objectives import rdrop
 from regbench.regularizers.schedules import DropoutSchedule, schedule_factor
+
+import sys  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from parity import make_optimizer  # noqa: E402 (a separate run's optimizer, the plain reference)
 
 
 @pytest.mark.parametrize("kind,epoch,kw,expected", [

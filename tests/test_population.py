@@ -15,7 +15,6 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import ROOT, compose
-from regbench.app import make_optimizer
 from regbench.config import validate
 from regbench.engine import memory
 from regbench.engine.fit import Replica, fit
@@ -26,7 +25,7 @@ from regbench.regularizers.constraints import max_norm_
 from regbench.training.loop import cross_entropy, epoch_order, evaluate
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from parity import raw_train  # noqa: E402
+from parity import make_optimizer, raw_train  # noqa: E402
 
 MLP = {"hidden": 100, "depth": 2}
 KWARGS = {"mlp": MLP, "resmlp": MLP, "logreg": {}, "cnn1d": {"channels": 25}, "seed_cnn": {}}

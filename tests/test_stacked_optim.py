@@ -1,5 +1,5 @@
 """engine.optim.StackedOptimizer: S replicas with their own lr, weight decay and momentum, stacked,
-are S separate torch.optim optimizers built as app.make_optimizer builds them.
+are S separate torch.optim optimizers built as a separate run's (benchmarks/parity.py make_optimizer).
 
 Gradients come from each replica's own forward pass on its own rows (``functional_call`` on the
 row views), so they are bit for bit the separate networks' gradients: what is compared is the
@@ -15,8 +15,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from regbench.app import make_optimizer
 from regbench.engine.optim import StackedOptimizer, uniform
+
+import sys  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from parity import make_optimizer  # noqa: E402 (a separate run's optimizer, the plain reference)
 
 STEPS = 20
 LRS = [1e-3, 3e-3, 1e-2, 3e-2]

@@ -359,9 +359,12 @@ def train_population(cfgs: list[DictConfig], rcs: list[RunConfig], dirs: list[Pa
     data_keys = [k for k in cfgs[0].data if k != "name"]
     model_keys = [k for k in cfgs[0].model if k != "name"]
     data = load_checked_data(rcs[0], data_keys)
+    import torch
+
     kinds: dict[tuple, list[int]] = {}
     for i, rc in enumerate(rcs):
-        kinds.setdefault(structure(network_of(rc, data, regularization_of(rc), model_keys)), []).append(i)
+        with torch.device("meta"):  # the architecture only: no weights allocated or initialised
+            kinds.setdefault(structure(network_of(rc, data, regularization_of(rc), model_keys)), []).append(i)
     if len(kinds) > 1:
         log.info("%s: %d populations (members whose layers differ, e.g. input dropout on or off, train apart)",
                  label, len(kinds))
@@ -682,21 +685,6 @@ def split_kwargs(data_kwargs: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def _finite(v: float) -> bool:
     return v == v and abs(v) != float("inf")
-
-
-def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
-    """A factory (net -> optimizer). Weight decay is an L2 penalty on weights only, not biases."""
-    import torch
-
-    def build(net):
-        decay = [p for p in net.parameters() if p.dim() > 1]
-        no_decay = [p for p in net.parameters() if p.dim() <= 1]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if name == "adam":
-            return torch.optim.Adam(groups, lr=lr)
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-
-    return build
 
 
 def _hparams(cfg: DictConfig) -> dict[str, Any]:

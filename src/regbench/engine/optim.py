@@ -5,7 +5,7 @@ The population engine keeps S replicas' parameters stacked: a dict name -> leaf 
 weight decay and momentum per param group, and a stacked tensor is one param, so it cannot give
 replica i its own lr_i. This optimizer is the same update with those three as [S] vectors,
 broadcast as [S, 1, ...]; row i of every tensor follows exactly what a separate
-``torch.optim.Adam`` / ``SGD`` built as ``app.make_optimizer`` builds it (coupled L2 on the weight
+``torch.optim.Adam`` / ``SGD`` built as a separate run's (``benchmarks/parity.py``'s ``make_optimizer``) (coupled L2 on the weight
 matrices, none on biases) does to replica i's parameters. With theta the row's parameter, g its
 gradient, t its step count and lambda = wd if the parameter decays else 0:
 

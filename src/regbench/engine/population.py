@@ -60,7 +60,7 @@ class Population:
             self.base = copy.deepcopy(nets[0]).to("meta")   # the stateless module functional_call runs
             set_stacked(self.base, True)
             params, buffers = stack_module_state(nets)
-            self._params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+            self._parameters = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
             self._buffers = {k: v.detach().clone() for k, v in buffers.items()}
         else:  # a population of one is its replica's module itself: no functional_call, no vmap
             self.base = self.net = nets[0]
@@ -69,39 +69,25 @@ class Population:
     # ------------------------------------------------------------------ the tensors
     # Stacked: leaves [S, *shape]. A population of one: [1, *shape] views of its module's own tensors
     # (assigning copies into them), so the optimizer steps the module's parameters (`leaves`).
-    @property
-    def params(self) -> dict[str, torch.Tensor]:
+    def _get(self, kind: str) -> dict[str, torch.Tensor]:
         if self.stacked:
-            return self._params
-        return {k: v.unsqueeze(0) for k, v in self.net.named_parameters()}
+            return getattr(self, "_" + kind)
+        return {k: v.unsqueeze(0) for k, v in getattr(self.net, "named_" + kind)()}
 
-    @params.setter
-    def params(self, value: dict[str, torch.Tensor]) -> None:
+    def _set(self, kind: str, value: dict[str, torch.Tensor]) -> None:
         if self.stacked:
-            self._params = value
+            setattr(self, "_" + kind, value)
             return
         with torch.no_grad():
-            for k, v in self.net.named_parameters():
+            for k, v in getattr(self.net, "named_" + kind)():
                 v.copy_(value[k][0])
 
-    @property
-    def buffers(self) -> dict[str, torch.Tensor]:
-        if self.stacked:
-            return self._buffers
-        return {k: v.unsqueeze(0) for k, v in self.net.named_buffers()}
-
-    @buffers.setter
-    def buffers(self, value: dict[str, torch.Tensor]) -> None:
-        if self.stacked:
-            self._buffers = value
-            return
-        with torch.no_grad():
-            for k, v in self.net.named_buffers():
-                v.copy_(value[k][0])
+    params = property(lambda self: self._get("parameters"), lambda self, v: self._set("parameters", v))
+    buffers = property(lambda self: self._get("buffers"), lambda self, v: self._set("buffers", v))
 
     def leaves(self) -> dict[str, torch.Tensor]:
         """The tensors the optimizer steps: the stacked leaves, or the module's own parameters."""
-        return self._params if self.stacked else dict(self.net.named_parameters())
+        return self._parameters if self.stacked else dict(self.net.named_parameters())
 
     # ------------------------------------------------------------------ shape and state
     @property
@@ -114,7 +100,7 @@ class Population:
 
     def to(self, device) -> "Population":
         if self.stacked:
-            self._params = {k: v.detach().to(device).requires_grad_(True) for k, v in self._params.items()}
+            self._parameters = {k: v.detach().to(device).requires_grad_(True) for k, v in self._parameters.items()}
             self._buffers = {k: v.to(device) for k, v in self._buffers.items()}
         else:
             self.net.to(device)
@@ -126,7 +112,7 @@ class Population:
         self.base.train(on)
 
     def decayed(self) -> set[str]:
-        """Names of the weight matrices / kernels (decayed by L2, as app.make_optimizer: dim > 1)."""
+        """Names of the weight matrices / kernels (decayed by L2, as a separate run's optimizer: dim > 1)."""
         return {k for k, v in self.params.items() if v.dim() > 2}
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -156,7 +142,7 @@ class Population:
             new.base = new.net = copy.deepcopy(self.template)
             new.net.load_state_dict({k: v[0] for k, v in state.items()}, strict=True)
             return new
-        new._params = {k: state[k] for k in self._params}
+        new._parameters = {k: state[k] for k in self._parameters}
         new._buffers = {k: state.get(k, v) for k, v in self.initial_buffers.items()}
         return new
 
