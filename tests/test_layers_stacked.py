@@ -528,3 +528,66 @@ def test_rates_follow_the_layers_to_cuda_and_a_population_runs_there():
     for i, p in enumerate(RATES):
         frac = (y[i] == 0).double().mean().item()
         assert abs(frac - p) / math.sqrt(p * (1 - p) / n) < z_crit(len(RATES)), f"replica {i}: dropped {frac:.4f}"
+
+
+# --------------------------------------------------------------------------------------
+# rows mode: a rate per input row, no vmap (a population folded into one batch)
+# --------------------------------------------------------------------------------------
+
+ROW_RATES = (0.0, 0.1, 0.3, 0.5, 1.0)  # 0.3 and 0.1 are not multiples of 1/256: 16-bit thresholds
+ROW_KINDS = {"Dropout": (Dropout, lambda n: torch.rand(n, 100) + 0.5, lambda y: y.flatten()),
+             "DropPath": (DropPath, lambda n: torch.rand(n, 3) + 0.5, lambda y: y[:, 0])}
+
+
+def rows(layer: nn.Module, x: torch.Tensor, rates) -> torch.Tensor:
+    """``layer`` in rows mode on ``x``: block s of rows (len(x) / len(rates) each) at rates[s]."""
+    set_stacked(layer, True)
+    per_row = torch.tensor(rates, dtype=torch.float32).repeat_interleave(len(x) // len(rates)).unsqueeze(1)
+    layer._buffers["rate"] = per_row  # what engine/population.py binds
+    return layer(x)
+
+
+@pytest.mark.parametrize("name", ROW_KINDS)
+def test_rows_mode_drops_each_block_at_the_realised_rate_a_separate_run_uses(name):
+    make, make_x, units = ROW_KINDS[name]
+    x = make_x(2000 * len(ROW_RATES))
+    y = rows(make(0.5), x, ROW_RATES)
+    assert torch.isfinite(y).all()
+    blocks, xs = y.chunk(len(ROW_RATES)), x.chunk(len(ROW_RATES))
+    assert torch.equal(blocks[0], xs[0]) and torch.equal(blocks[-1], torch.zeros_like(blocks[-1]))
+    for p, yb, xb in zip(ROW_RATES[1:-1], blocks[1:-1], xs[1:-1]):
+        q = L.realised_drop_rate(p)  # the single-run path's quantised rate
+        u = units(yb)
+        n, k = u.numel(), int((u == 0).sum())
+        z = (k / n - q) / math.sqrt(q * (1 - q) / n)
+        assert abs(z) < z_crit(3), f"p={p}: dropped {k}/{n} ({z:.1f} SE)"
+        kept = yb != 0
+        torch.testing.assert_close(yb[kept], xb[kept] / (1 - q), rtol=1e-6, atol=0)  # E[y] = x exactly
+
+
+def test_rows_mode_rate_check_catches_every_row_using_the_first_rows_rate_mutant():
+    y = rows(Dropout(0.5), torch.ones(4000, 100), (0.1, 0.1))  # block 2 should have been at 0.5
+    frac = (y[2000:] == 0).double().mean().item()
+    assert abs((frac - 0.5) / math.sqrt(0.25 / y[2000:].numel())) > z_crit(3)
+
+
+def test_rows_mode_gaussian_and_alpha_blocks_have_their_own_rates():
+    n = 100_000
+    g = rows(GaussianDropout(0.5), torch.ones(2 * n, 1), (0.1, 0.5))
+    for p, m in zip((0.1, 0.5), g.chunk(2)):
+        var = f32(p) / (1 - f32(p))
+        z = (m.double().var().item() - var) / (var * math.sqrt(2 / (n - 1)))
+        assert abs(z) < z_crit(4), f"Gaussian p={p}: var {m.var():.4f} vs {var:.4f}"
+    h = torch.selu(torch.randn(2 * n, 1))
+    a = rows(AlphaDropout(0.5), h, (0.1, 0.5)).double()
+    for p, yb, hb in zip((0.1, 0.5), a.chunk(2), h.chunk(2)):
+        p32 = f32(p)
+        scale = ((1 - p32) * (1 + p32 * SELU_SATURATION**2)) ** -0.5
+        dropped = (yb - (scale * SELU_SATURATION - scale * p32 * SELU_SATURATION)).abs() < 1e-5
+        frac = dropped.double().mean().item()
+        assert abs((frac - p) / math.sqrt(p * (1 - p) / n)) < z_crit(4), f"alpha p={p}: dropped {frac:.4f}"
+
+
+def test_only_layers_whose_math_broadcasts_a_row_rate_say_row_rates():
+    assert {k for k, (make, _) in KINDS.items() if make(0.5).row_rates} == {
+        "Dropout", "GaussianDropout", "AlphaDropout", "DropPath"}

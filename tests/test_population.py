@@ -181,9 +181,11 @@ def test_other_models_and_arms_follow_the_plain_loop_too(small, model, arm, opti
 
 
 # ------------------------------------------------------------------------------------ independence
-def test_gradients_never_cross_replicas(small):
+@pytest.mark.parametrize("rows", [True, False], ids=["rows", "vmap"])
+def test_gradients_never_cross_replicas(small, rows):
     reg = reg_for("dropout")
-    pop = Population([net_of(small, s, reg) for s in range(3)])
+    pop = Population([net_of(small, s, reg) for s in range(3)], rows=rows)
+    assert pop.rows == rows
     x = small.x_train[:300].view(3, 100, 40)
     y = small.y_train[:300].view(3, 100)
     loss, _ = pop.losses(cross_entropy, x, y)
@@ -191,6 +193,33 @@ def test_gradients_never_cross_replicas(small):
     for g in grads:
         assert g[1].abs().sum() > 0
         assert torch.equal(g[0], torch.zeros_like(g[0])) and torch.equal(g[2], torch.zeros_like(g[2]))
+
+
+@pytest.mark.parametrize("model, arm, rows", [
+    ("mlp", "dropout", True), ("resmlp", "drop_path", True), ("logreg", "none", True),
+    ("mlp", "gaussian_dropout", True), ("mlp", "dropconnect", False), ("cnn1d", "dropout", False)])
+def test_row_wise_models_fold_their_replicas_into_one_batch_and_the_others_run_under_vmap(small, model, arm, rows):
+    reg = reg_for(arm)
+    nets = [net_of(small, s, reg, model) for s in range(2)]
+    assert Population(nets).rows == rows
+    assert not Population(nets, rows=False).rows and not Population(nets[:1]).rows  # asked off; S = 1
+    if rows:  # and rows mode keeps the module's own layers apart from Linear's batched form
+        assert {type(m).__name__ for m in Population(nets).base.modules()} >= {"RowsLinear"}
+
+
+@pytest.mark.parametrize("arm", ["none", "maxnorm", "weight_decay"])
+def test_rows_mode_trains_exactly_as_vmap_does(small, arm):
+    """Without noise both modes compute the same functions of the same weights: the same records."""
+    reg = reg_for(arm)
+    runs = {}
+    for rows in (True, False):
+        nets = [net_of(small, s, reg) for s in range(3)]
+        members = [Replica(seed=s, reg=reg, lr=0.01) for s in range(3)]
+        runs[rows], _, _ = fit(nets, members, small, optim_name="adam", batch_size=100, max_epochs=3,
+                               eval_batch_size=1000, rows=rows)
+    for a, b in zip(runs[True], runs[False]):
+        assert a["history"]["train/loss"] == pytest.approx(b["history"]["train/loss"], abs=1e-5)
+        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-5)
 
 
 def test_replicas_with_other_learning_rates_and_weight_decay_do_not_change_a_replica(small):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from regbench.data.splits import DataSplits
 from regbench.engine.population import NotStackable, Population
 from regbench.regularizers import Regularization
-from regbench.training.loop import epoch_order
+from regbench.training.loop import cross_entropy, epoch_order
 
 log = logging.getLogger("regbench")
 
@@ -261,20 +261,22 @@ class Training:
 
     ``reseed``: draw the population's noise from a stream seeded by its members (S > 1); a
     population of one keeps the global generator, which ``seed_everything`` seeded for its run.
+    ``rows``: rows mode where the model allows it (False: vmap; tests compare the two).
     """
 
     def __init__(self, nets: list[torch.nn.Module], replicas: Sequence[Replica], data: DataSplits, *,
                  optim_name: str, batch_size: int, max_epochs: int, eval_batch_size: int,
-                 clip: float | None = None, label: str = "population", reseed: bool | None = None):
+                 clip: float | None = None, label: str = "population", reseed: bool | None = None,
+                 rows: bool = True):
         t0 = time.perf_counter()
         self.replicas, self.data, self.label = list(replicas), data, label
         self.batch_size, self.max_epochs, self.eval_batch_size, self.clip = batch_size, max_epochs, eval_batch_size, clip
         S = len(self.replicas)
         _shared(self.replicas)
         self.device = device = data.x_train.device
-        self.pop = Population(nets).to(device)
         regs = [r.reg for r in self.replicas]
         self.objective, self.mc_samples = regs[0].objective, regs[0].mc_samples
+        self.pop = Population(nets, rows=rows and self.objective is cross_entropy).to(device)
         self.trackers = [_tracker(reg) for reg in regs]
         if reseed if reseed is not None else S > 1:
             torch.manual_seed(zlib.crc32(("population:" + ",".join(f"{r.seed}/{r.label}" for r in replicas)).encode()))

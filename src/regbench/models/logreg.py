@@ -17,6 +17,8 @@ class LogReg(nn.Module):
     Only the `input` slot exists (input dropout): there is no hidden layer.
     """
 
+    rows_independent = True  # as MLP's: forward mixes no rows
+
     SLOTS = frozenset({"input"})
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, slots: Slots | None = None):

@@ -21,6 +21,10 @@ class MLP(nn.Module):
     The input is flattened, so any input shape works.
     """
 
+    # forward mixes no rows (no batch statistics): a population may fold its replicas into the
+    # batch (engine/population.py, rows mode)
+    rows_independent = True
+
     SLOTS = frozenset({"input", "hidden", "linear", "activation"})
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int, depth: int,

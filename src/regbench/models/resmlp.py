@@ -18,6 +18,8 @@ from regbench.models.slots import Slots
 
 
 class ResidualBlock(nn.Module):
+    rows_independent = True  # as MLP's: forward mixes no rows
+
     def __init__(self, width: int, slots: Slots):
         super().__init__()
         self.branch = nn.Sequential(slots.linear(width, width), slots.activation(), slots.hidden())
@@ -28,6 +30,8 @@ class ResidualBlock(nn.Module):
 
 
 class ResMLP(nn.Module):
+    rows_independent = True  # as MLP's: forward mixes no rows
+
     SLOTS = MLP.SLOTS | {"residual"}
     input_problem = MLP.input_problem
 
