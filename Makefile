@@ -7,7 +7,7 @@ SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
 # the sweep folder `make run` prints: SWEEP's name= and runs_root= when it sets them
 RUN_DIR = $(or $(patsubst runs_root=%,%,$(filter runs_root=%,$(SWEEP))),runs)/$(or $(patsubst name=%,%,$(filter name=%,$(SWEEP))),default)
 
-.PHONY: setup run test test-slow test-cluster tables bench study study-tuned clean
+.PHONY: setup run test test-slow test-cluster tables bench study study-tuned baselines clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,7 @@ test-cluster: $(STAMP)   ## sweeps through a real SLURM cluster (as root, first:
 tables: $(STAMP)  ## regenerate the reports whose records changed (no training); says what it rebuilt
 	$(PY) -m regbench.tables --each $(if $(FORCE),,--if-changed) runs experiments
 	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) $(STUDY)/analysis.py $(STUDY) $(if $(FORCE),,--if-changed); fi
+	if [ -f $(BASELINES)/per_arm.csv ]; then $(PY) $(BASELINES)/analysis.py $(BASELINES) > /dev/null; fi
 
 bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> benchmarks/results.md
 	$(PY) benchmarks/bench.py
@@ -53,6 +54,13 @@ define timed_study
 endef
 
 STUDY := experiments/dropout_vs_early_stopping
+BASELINES := experiments/mnist1d_baselines
+baselines: $(STAMP)   ## the MNIST-1D benchmark's own protocol (4 models x 10 seeds, then the width and step probes) and its report
+	$(PY) run.py -m experiment=mnist1d_baselines
+	$(PY) run.py -m experiment=mnist1d_baselines model=mlp,resmlp model.hidden=256
+	$(PY) run.py -m experiment=mnist1d_baselines model=mlp,resmlp trainer.max_epochs=200
+	$(PY) $(BASELINES)/analysis.py $(BASELINES)
+
 study: $(STAMP)   ## the dropout-vs-early-stopping study from scratch (runs already on disk are skipped)
 	$(call timed_study,study,dropout_vs_early_stopping,$(STUDY),$(PY) $(STUDY)/analysis.py $(STUDY))
 

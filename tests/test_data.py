@@ -178,3 +178,33 @@ def test_mnist1d_still_loads(tmp_path):
     d = build_data("mnist1d", root=str(tmp_path), val_size=500, split_seed=0, train_size=None, generator_seed=0)
     assert d.input_shape == (40,) and len(d.x_train) == 3500 and len(d.x_test) == 1000
     assert abs(float(d.x_train.mean())) < 1e-4 and d.to("cpu").norm_std == d.norm_std
+
+
+def test_mnist1d_validation_from_another_generator_seed_keeps_all_4000_training_sequences():
+    """The benchmark's own protocol: every training sequence trains, validation comes from a dataset
+    generated with another seed (none of its sequences is a training or test one), stratified."""
+    import os
+
+    from regbench.config import ConfigError
+    from regbench.data.mnist1d import cached
+
+    root = os.environ["REGBENCH_DATA"]
+    kw = dict(root=root, split_seed=0, train_size=None, generator_seed=42)
+    d = build_data("mnist1d", val_size=1000, val_generator_seed=43, **kw)
+    ours = cached(root, 42)
+    assert len(d.x_train) == 4000 and len(d.x_val) == 1000 and len(d.x_test) == 1000
+    raw_train = torch.from_numpy(ours["x"].astype(np.float32))
+    assert torch.allclose(d.x_train * d.norm_std + d.norm_mean, raw_train, atol=1e-5)  # all, in order
+    val = d.x_val * d.norm_std + d.norm_mean
+    assert torch.cdist(val, raw_train, compute_mode="donot_use_mm_for_euclid_dist").min() > 1e-3  # not training sequences ...
+    other = torch.from_numpy(cached(root, 43)["x"].astype(np.float32))
+    assert (torch.cdist(val, other, compute_mode="donot_use_mm_for_euclid_dist").min(1).values < 1e-4).all()  # ... but seed 43's
+    pool = np.bincount(cached(root, 43)["y"], minlength=10)
+    counts = torch.bincount(d.y_val, minlength=10).numpy()
+    assert counts.sum() == 1000 and (np.abs(counts - 1000 * pool / pool.sum()) < 1).all()  # stratified
+    carved = build_data("mnist1d", val_size=1000, **kw)
+    assert len(carved.x_train) == 3000  # without the key: carved from the 4000, as before
+    with pytest.raises(ConfigError, match=r"data.val_generator_seed=42 .*allowed any other seed"):
+        build_data("mnist1d", val_size=500, val_generator_seed=42, **kw)
+    with pytest.raises(ConfigError, match=r"data.val_size=5000 .*allowed \[1, 4000\]"):
+        build_data("mnist1d", val_size=5000, val_generator_seed=43, **kw)

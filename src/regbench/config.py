@@ -77,6 +77,10 @@ class DataConfig:
     split_per_seed: Optional[bool] = None
     train_size: Optional[int] = rng(POS_INT, None)
     generator_seed: Optional[int] = rng(NONNEG, None)   # mnist1d only
+    # mnist1d only, +data.val_generator_seed=S: the validation split comes from the dataset generated with
+    # seed S, and all 4000 training sequences train (absent = carved from them; absent from the YAMLs so
+    # that the run ids of earlier runs stay the same)
+    val_generator_seed: Optional[int] = rng(NONNEG, None)
     test_size: Optional[int] = rng(POS_INT, None)       # datasets without an official test split
     test_seed: Optional[int] = rng(NONNEG, None)        # ... which is carved with this fixed seed
     checksums: Optional[dict[str, Optional[str]]] = None   # file -> md5, overrides the official ones

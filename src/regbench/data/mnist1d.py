@@ -1,7 +1,8 @@
 """MNIST-1D (Greydanus & Kobak 2020), generated locally by the `mnist1d` package.
 
 `make_dataset` with the package's default arguments gives the benchmark's 4000 train / 1000
-test sequences of length 40; nothing is downloaded. Generation takes ~2 s, so the arrays are
+test sequences of length 40; nothing is downloaded. The validation split is carved from the 4000
+training sequences, or (``val_generator_seed``) drawn from a dataset generated with another seed. Generation takes ~2 s, so the arrays are
 cached as .npz under `root` (keyed by the generator seed).
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from regbench.config import ConfigError
 from regbench.data.download import remove_stale
 from regbench.data.splits import DataSplits, make_splits
 
@@ -39,16 +41,33 @@ def write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def load_mnist1d(*, root: str, val_size: int, split_seed: int, train_size: int | None,
-                 generator_seed: int) -> DataSplits:
+def cached(root: str, generator_seed: int) -> dict[str, np.ndarray]:
+    """The arrays ``make_dataset`` generates with ``generator_seed``, from the cache under ``root``."""
     cache = Path(root) / f"mnist1d-seed{generator_seed}.npz"
     if cache.exists():
         with np.load(cache) as z:
-            arrays = {k: z[k] for k in z.files}
-    else:
-        cache.parent.mkdir(parents=True, exist_ok=True)  # first: an unusable root fails before the 2-s generation
-        remove_stale(cache.parent, f".{cache.name}.*.tmp.npz")  # what killed processes left
-        arrays = generate(generator_seed)
-        write_cache(cache, arrays)
+            return {k: z[k] for k in z.files}
+    cache.parent.mkdir(parents=True, exist_ok=True)  # first: an unusable root fails before the 2-s generation
+    remove_stale(cache.parent, f".{cache.name}.*.tmp.npz")  # what killed processes left
+    arrays = generate(generator_seed)
+    write_cache(cache, arrays)
+    return arrays
+
+
+def load_mnist1d(*, root: str, val_size: int, split_seed: int, train_size: int | None,
+                 generator_seed: int, val_generator_seed: int | None = None) -> DataSplits:
+    """``val_generator_seed``: None carves the validation split from the 4000 training sequences;
+    a seed draws it (``val_size`` sequences, stratified) from the training part of another dataset
+    that ``make_dataset`` generates with that seed, so that all 4000 sequences train, as in the
+    MNIST-1D benchmark's own protocol (which has no validation set)."""
+    arrays = cached(root, generator_seed)
+    held_out = None
+    if val_generator_seed is not None:
+        if val_generator_seed == generator_seed:
+            raise ConfigError(f"data.val_generator_seed={val_generator_seed} is the training data's own "
+                              f"generator_seed: allowed any other seed (the validation set must be other sequences)")
+        other = cached(root, val_generator_seed)
+        held_out = (other["x"], other["y"])
     return make_splits("mnist1d", arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"],
-                       val_size=val_size, split_seed=split_seed, train_size=train_size, num_classes=10)
+                       val_size=val_size, split_seed=split_seed, train_size=train_size, num_classes=10,
+                       held_out=held_out)

@@ -72,8 +72,11 @@ def make_splits(
     x_train: np.ndarray, y_train: np.ndarray,
     x_test: np.ndarray, y_test: np.ndarray,
     *, val_size: int, split_seed: int, train_size: int | None, num_classes: int,
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> DataSplits:
     """Carve a stratified validation split from train, optionally subsample train, normalise.
+    ``held_out`` (x, y): draw the validation split from these examples instead, and keep every
+    training example.
 
     `split_seed` is independent of the run seed, so every arm and every seed sees the same
     examples. Normalisation (one mean and std over all training inputs) uses the training split only
@@ -82,14 +85,23 @@ def make_splits(
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise ValueError(f"{name}: inputs and labels differ in length "
                          f"(train {len(x_train)} vs {len(y_train)}, test {len(x_test)} vs {len(y_test)})")
-    if val_size >= len(y_train):
-        raise ConfigError(f"data.val_size={val_size} is out of range for {name}: allowed [1, {len(y_train) - 1}] "
-                          f"(its training split has {len(y_train)} examples, and some must remain to train on)")
-    kept, held = split_off(y_train, val_size, split_seed)
+    if held_out is not None:
+        if val_size > len(held_out[1]):
+            raise ConfigError(f"data.val_size={val_size} is out of range for {name}: allowed [1, {len(held_out[1])}] "
+                              f"(the examples of the separately generated validation pool)")
+        kept, held = np.arange(len(y_train)), stratified_take(held_out[1], val_size, split_seed)
+        x_val_pool, y_val_pool = held_out
+    else:
+        if val_size >= len(y_train):
+            raise ConfigError(f"data.val_size={val_size} is out of range for {name}: allowed [1, {len(y_train) - 1}] "
+                              f"(its training split has {len(y_train)} examples, and some must remain to train on)")
+        kept, held = split_off(y_train, val_size, split_seed)
+        x_val_pool, y_val_pool = x_train, y_train
     if train_size is not None:
         if train_size > len(kept):
             raise ConfigError(f"data.train_size={train_size} is out of range for {name}: allowed [1, {len(kept)}] "
-                              f"(the training examples that remain after the {val_size}-example validation split)")
+                              + ("(its training examples)" if held_out is not None else
+                                 f"(the training examples that remain after the {val_size}-example validation split)"))
         kept = kept[stratified_take(y_train[kept], train_size, split_seed + 1)]
     xt = x_train[kept].astype(np.float32)
     mean, std = float(xt.mean()), float(xt.std()) or 1.0
@@ -102,7 +114,7 @@ def make_splits(
 
     return DataSplits(
         x_train=norm(x_train[kept]), y_train=lab(y_train[kept]),
-        x_val=norm(x_train[held]), y_val=lab(y_train[held]),
+        x_val=norm(x_val_pool[held]), y_val=lab(y_val_pool[held]),
         x_test=norm(x_test), y_test=lab(y_test),
         num_classes=num_classes, name=name, norm_mean=mean, norm_std=std,
     )
