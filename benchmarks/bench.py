@@ -6,7 +6,8 @@
     3. replicas             10 seeds stacked in one model / 10 separate runs (seed-steps per second),
                             in process for 20 epochs, and as whole commands at the default 170 epochs;
                             a population of 50 (10 seeds x 5 dropout rates) / a raw batched-matmul loop
-                            of the same 50-replica MLP written here (the ceiling of stacking)
+                            of the same 50-replica MLP written here (the ceiling of stacking); rows
+                            mode (the engine's fast path) / vmap, and / the raw loop, at 10 replicas
     4. parallel sweep       2 arms x 4 seeds: basic launcher / joblib launcher (2 jobs x 1 thread), and
                             basic / the default (stacking) launcher
     5. start-up             `python run.py --help`; a 1-epoch run, its import and set-up seconds
@@ -165,6 +166,47 @@ def population_vs_raw(epochs: int) -> dict:
     return {"ours": ours, "raw": raw, "ratio": ours / raw, "epochs": epochs}
 
 
+def rows_vs_vmap(epochs: int, repeats: int) -> dict:
+    """The fast path's measured benefit: 10 seeds of the dropout MLP (p=0.5) trained by the engine
+    (engine/fit.py's plain driver, per-epoch validation included) in rows mode and under vmap, and
+    the raw batched-matmul loop of the same 10 replicas; seed-steps per second, interleaved repeats."""
+    import torch
+
+    from conftest import compose
+    from regbench.config import validate
+    from regbench.data import build_data
+    from regbench.engine.fit import Replica, fit
+    from regbench.models import build_model
+    from regbench.regularizers import build_regularization
+
+    torch.set_num_threads(1)
+    rc = validate(compose(["regularizer=dropout"]))
+    r = rc.regularizer
+    reg = build_regularization(r.name, dropout=r.dropout, early_stop=r.early_stop, weight_decay=r.weight_decay,
+                               maxnorm=r.maxnorm, rdrop_alpha=r.rdrop_alpha, mc_samples=r.mc_samples,
+                               max_epochs=epochs)
+    data = build_data("mnist1d", root=rc.data.root, val_size=rc.data.val_size, split_seed=rc.data.split_seed,
+                      train_size=None, generator_seed=rc.data.generator_seed)
+    seeds = range(10)
+    times: dict[str, list[float]] = {"rows": [], "vmap": [], "raw": []}
+    for _ in range(repeats):
+        for mode in ("rows", "vmap"):
+            nets = []
+            for s in seeds:
+                torch.manual_seed(s)
+                nets.append(build_model("mlp", data.input_shape, data.num_classes, reg.slots, regularizer=reg.name,
+                                        hidden=rc.model.hidden, depth=rc.model.depth))
+            recs, _, _ = fit(nets, [Replica(seed=s, reg=reg, lr=rc.optim.lr) for s in seeds], data,
+                             optim_name="adam", batch_size=rc.optim.batch_size, max_epochs=epochs,
+                             eval_batch_size=1000, rows=mode == "rows")
+            times[mode].append(recs[0]["extra"]["population_train_seconds"])
+        raw_s, raw_steps = raw_population(data.x_train, data.y_train, [0.5] * len(seeds), epochs)
+        times["raw"].append(raw_s)
+    rate = {k: raw_steps / statistics.median(v) for k, v in times.items()}
+    return {**rate, "rows_over_vmap": rate["rows"] / rate["vmap"], "rows_over_raw": rate["rows"] / rate["raw"],
+            "epochs": epochs}
+
+
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -236,6 +278,7 @@ def main() -> None:
     rp = replica_speedup(args.repeats)
     sc = stacked_commands(args.sweep_epochs)
     pr = population_vs_raw(POPULATION_EPOCHS)
+    rv = rows_vs_vmap(POPULATION_EPOCHS, args.repeats)
     sw = sweep_speedup(args.sweep_epochs)
     st = startup()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, torch threads 1"
@@ -262,6 +305,10 @@ def main() -> None:
         f"separate {sc['separate']:.1f} s / stacked {sc['stacked']:.1f} s | {sc['ratio']:.2f}x | >= 3.5x |",
         f"| population of 50 (10 seeds x 5 dropout rates) / raw batched-matmul loop, seed-steps/s, "
         f"{pr['epochs']} epochs | {pr['ratio']:.2f}x ({pr['ours']:.0f} vs {pr['raw']:.0f}) | >= 0.8x |",
+        f"| rows mode (the fast path) / vmap, population of 10 dropout seeds, seed-steps/s, {rv['epochs']} epochs | "
+        f"{rv['rows_over_vmap']:.2f}x ({rv['rows']:.0f} vs {rv['vmap']:.0f}) | |",
+        f"| rows mode / raw batched-matmul loop of the same 10 replicas, seed-steps/s | "
+        f"{rv['rows_over_raw']:.2f}x ({rv['rows']:.0f} vs {rv['raw']:.0f}) | |",
         f"| parallel sweep speed-up, 2 arms x 4 seeds x {args.sweep_epochs} epochs: sequential {sw['sequential']:.1f} s"
         f" / joblib (2 jobs x 1 thread) {sw['joblib']:.1f} s | {sw['speedup']:.2f}x | >= 1.7x |",
         f"| stacked sweep speed-up, the same sweep: sequential {sw['sequential']:.1f} s / the default launcher "
