@@ -1,4 +1,4 @@
-"""Early-stopping criteria (regbench.regularizers.criteria) and their Lightning callback.
+"""Early-stopping criteria (regbench.regularizers.criteria) and an arm's Stopping (early_stopping.py).
 
 The curves are hand-made; the expected stopping epoch of each row follows from the
 criterion's formula, worked out in the row's comment (epochs t count from 1; values are
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from regbench.regularizers.criteria import GL, PQ, UP, Criterion, Patience
-from regbench.regularizers.early_stopping import CriterionStopping
+from regbench.regularizers.early_stopping import Stopping
 
 
 def run(criterion: Criterion, val: list[float], train: list[float] | None = None) -> int | None:
@@ -238,121 +238,43 @@ def test_reset_and_load_state_errors():
 # --------------------------------------------------------------------------------------
 
 
-class FakeTrainer:
-    def __init__(self):
-        self.callback_metrics: dict[str, torch.Tensor] = {}
-        self.current_epoch = 0
-        self.should_stop = False
-        self.sanity_checking = False
-
-
-def drive(cb: CriterionStopping, val: list[float], train: list[float] | None = None,
-          val_key: str = "val/loss", trainer: FakeTrainer | None = None, start: int = 0) -> FakeTrainer:
-    """Replay Lightning's end of each epoch: the epoch's metrics are logged, then on_train_epoch_end."""
-    trainer = trainer or FakeTrainer()
-    train = train or [1.0] * len(val)
-    for e in range(start, len(val)):
-        trainer.current_epoch = e
-        trainer.callback_metrics["train/loss"] = torch.tensor(train[e])
-        trainer.callback_metrics[val_key] = torch.tensor(val[e])
-        cb.on_train_epoch_end(trainer, None)
-        if trainer.should_stop:
-            break
-    return trainer
-
-
-def test_callback_stops_like_the_criterion():
-    cb = CriterionStopping(GL(5))
-    trainer = drive(cb, [1.0, 0.75, 0.5, 0.515625, 0.5, 0.53125, 0.4])
-    assert trainer.should_stop and trainer.current_epoch == 5
-    assert cb.stopped_epoch == 5  # Lightning's 0-based epoch of the criterion's epoch 6
-    assert cb.reason == "GL_5: GL=6.25 > 5 at epoch 5"
-
-
-def test_callback_uses_the_same_epochs_training_loss():
-    cb = CriterionStopping(PQ(0.5, k=5))
-    trainer = drive(cb, PQ_VAL, PQ_TRAIN)
-    assert cb.stopped_epoch == 14 and trainer.should_stop
-    # the metrics are float32 tensors, hence the tolerance
-    assert cb.criterion.quantities["P_5"] == pytest.approx(1000 * (1.78 / 1.76 - 1), rel=1e-4)
-
-
-def test_callback_updates_once_per_epoch():
-    cb = CriterionStopping(GL(5))
-    trainer = FakeTrainer()
-    for e, v in enumerate([1.0, 0.75, 0.5, 0.515625, 0.5, 0.53125]):
-        trainer.current_epoch = e
-        trainer.callback_metrics.update({"val/loss": torch.tensor(v), "train/loss": torch.tensor(1.0)})
-        cb.on_train_epoch_end(trainer, None)
-        assert cb.state_dict()["criterion"]["epoch"] == e + 1
-    assert trainer.should_stop and cb.stopped_epoch == 5
-
-
-def test_callback_mode_max_uses_the_error():
+def test_stopping_mode_max_feeds_the_error_and_its_reason_names_the_accuracy():
     # accuracies .5, .75, .75, .734375 -> errors .5, .25, .25, .265625: GL = 6.25 > 5 at epoch 4
-    cb = CriterionStopping(GL(5), monitor="val/acc", mode="max")
-    drive(cb, [0.5, 0.75, 0.75, 0.734375, 0.9], val_key="val/acc")
-    assert cb.stopped_epoch == 3
-    assert cb.criterion.e_opt == 0.25
+    s = Stopping(GL(5), monitor="val/acc", mode="max")
+    assert run(s.criterion, [s.error(v) for v in [0.5, 0.75, 0.75, 0.734375, 0.9]]) == 4
+    assert s.criterion.e_opt == 0.25
+    # val/acc .5, .75, then no gain: Patience(2) stops at epoch 4 (1-based); its best is 0.75
+    s = Stopping(Patience(2), monitor="val/acc", mode="max")
+    assert run(s.criterion, [s.error(v) for v in [0.5, 0.75, 0.7, 0.74, 0.9]]) == 4
+    assert s.criterion.reason == ("Patience_2: val/acc did not improve by more than 0 on its best 0.75 (epoch 1) "
+                                  "for 2 epochs; stopped at epoch 3")
+    assert Stopping(GL(5)).error(0.3) == 0.3  # mode min: the value itself
 
 
-def test_callback_reason_shows_the_monitored_accuracy_and_0_based_epochs():
-    # val/acc .5, .75, then no gain: Patience(2) stops at epoch 3; its best is the accuracy 0.75 of epoch 1
-    cb = CriterionStopping(Patience(2), monitor="val/acc", mode="max")
-    drive(cb, [0.5, 0.75, 0.7, 0.74, 0.9], val_key="val/acc")
-    assert cb.stopped_epoch == 3
-    assert cb.reason == ("Patience_2: val/acc did not improve by more than 0 on its best 0.75 (epoch 1) "
-                         "for 2 epochs; stopped at epoch 3")
-
-
-def test_callback_argument_and_metric_errors():
+def test_stopping_argument_errors():
     with pytest.raises(ValueError, match="mode='maximum'"):
-        CriterionStopping(GL(5), mode="maximum")
-    with pytest.raises(TypeError):
-        CriterionStopping("GL")
-    with pytest.raises(RuntimeError, match="'val/loss'.*available: \\['train/loss', 'val/acc'\\]"):
-        drive(CriterionStopping(GL(5)), [0.5], val_key="val/acc")
-    cb = CriterionStopping(PQ(0.5), train_monitor="train/nll")
-    with pytest.raises(RuntimeError, match="train/nll"):
-        drive(cb, [0.5])
-    drive(CriterionStopping(GL(5), train_monitor="train/nll"), [0.5, 0.4])  # GL does not need it
-
-
-def test_callback_state_dict_round_trip():
-    cb = CriterionStopping(PQ(0.5, k=5))
-    trainer = FakeTrainer()
-    drive(cb, PQ_VAL[:7], PQ_TRAIN[:7], trainer=trainer)
-    state = pickle.loads(pickle.dumps(cb.state_dict()))
-    resumed = CriterionStopping(PQ(0.5, k=5))
-    resumed.load_state_dict(state)
-    drive(resumed, PQ_VAL, PQ_TRAIN, start=7)
-    assert resumed.stopped_epoch == 14
-    assert CriterionStopping(GL(5)).state_key != CriterionStopping(GL(3)).state_key
+        Stopping(GL(5), mode="maximum")
+    with pytest.raises(TypeError, match="Criterion"):
+        Stopping("GL")
 
 
 # --------------------------------------------------------------------------------------
-# the callback inside a real (tiny) Lightning fit
+# Patience against Lightning's own EarlyStopping, in a real (tiny) Lightning fit
 # --------------------------------------------------------------------------------------
 
 
-def _fit(callbacks, val_curve, train_curve, max_epochs, train_on_epoch=False):
+def _fit(callbacks, val_curve, max_epochs):
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
     class Curves(pl.LightningModule):
-        """Logs a scripted val/loss and train/loss per epoch; the training itself is trivial.
-
-        One batch per epoch. train_on_epoch=False logs train/loss like regbench's Classifier
-        (on_step=True); True logs it as an epoch aggregate (on_epoch=True).
-        """
+        """Logs a scripted val/loss per epoch; the training itself is trivial (one batch per epoch)."""
 
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
         def training_step(self, batch, i):
-            self.log("train/loss", train_curve[self.current_epoch], on_step=not train_on_epoch,
-                     on_epoch=train_on_epoch)
             return (self.w * batch[0]).sum()
 
         def validation_step(self, batch, i):
@@ -371,22 +293,10 @@ def _fit(callbacks, val_curve, train_curve, max_epochs, train_on_epoch=False):
     return trainer
 
 
-@pytest.mark.parametrize("train_on_epoch", [False, True])
-def test_callback_in_a_real_lightning_fit(train_on_epoch):
-    # PQ needs each epoch's own training loss: the expected stop (epoch 15, 0-based 14)
-    # checks that the callback got the right one at the moment it updates
-    cb = CriterionStopping(PQ(0.5, k=5))
-    trainer = _fit([cb], PQ_VAL, PQ_TRAIN, max_epochs=len(PQ_VAL) + 3, train_on_epoch=train_on_epoch)
-    assert cb.stopped_epoch == 14 and trainer.current_epoch == 15  # the loop stopped after epoch 14
-    # with training losses one epoch late, the last strip would be .36 .36 .358 .356 .354: P_5 = 10.17
-    assert cb.criterion.quantities["P_5"] == pytest.approx(1000 * (1.78 / 1.76 - 1), rel=1e-4)
-
-
 def test_patience_stops_where_lightning_early_stopping_does():
     from pytorch_lightning.callbacks import EarlyStopping
 
     val = PATIENCE_CASES[0][1] + [0.1] * 3
-    ours = CriterionStopping(Patience(3, 0.1))
     theirs = EarlyStopping(monitor="val/loss", patience=3, min_delta=0.1, mode="min")
-    _fit([ours, theirs], val, [1.0] * len(val), max_epochs=len(val))
-    assert ours.stopped_epoch == theirs.stopped_epoch == 6
+    _fit([theirs], val, max_epochs=len(val))
+    assert run(Patience(3, 0.1), val) - 1 == theirs.stopped_epoch == 6  # ours 1-based, Lightning's 0-based

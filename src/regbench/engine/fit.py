@@ -52,14 +52,12 @@ class Replica:
 
 @dataclass
 class _Tracker:
-    """Per-replica state, as the separate run's callbacks keep it (BestWeights, CriterionStopping,
-    DivergenceGuard, History)."""
+    """Per-replica state: best epoch and weights, the stopping criterion's state, divergence, history."""
     monitor: str
     mode: str
     restore: bool
-    criterion: Any = None          # a fresh copy of the arm's stopping criterion, or None
-    stop_monitor: str = "val/loss"
-    stop_mode: str = "min"
+    stopping: Any = None           # a fresh copy of the arm's Stopping (its criterion, monitor, mode), or None
+    criterion: Any = None          # stopping.criterion
     best_value: float = math.nan
     best_epoch: int | None = None
     stopped_epoch: int | None = None
@@ -83,9 +81,9 @@ def _finite(v: float) -> bool:
 def _tracker(reg: Regularization) -> _Tracker:
     t = _Tracker(monitor=reg.monitor, mode=reg.mode, restore=reg.restore_best)
     if reg.stopping is not None:
-        t.criterion = copy.deepcopy(reg.stopping.criterion)  # each replica its own criterion state
+        t.stopping = copy.deepcopy(reg.stopping)  # each replica its own criterion state
+        t.criterion = t.stopping.criterion
         t.criterion.reset()
-        t.stop_monitor, t.stop_mode = reg.stopping.monitor, reg.stopping.mode
     return t
 
 
@@ -332,8 +330,7 @@ class Training:
                 improved.append(j)
             fired = False
             if t.criterion is not None:
-                value = row[t.stop_monitor]
-                fired = t.criterion.update(1.0 - value if t.stop_mode == "max" else value, row["train/loss"])
+                fired = t.criterion.update(t.stopping.error(row[t.stopping.monitor]), row["train/loss"])
                 if fired and t.stopped_epoch is None:
                     t.stopped_epoch, t.stop_reason = epoch, t.criterion.reason
             if not _finite(tl[j]):

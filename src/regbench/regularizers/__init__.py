@@ -1,7 +1,7 @@
 """Regularizers: an arm is a composition of components (dropout in a model slot, an early-stopping
 criterion, weight decay, a max-norm constraint, an R-Drop objective, MC-dropout testing), each
 given by its own node of `conf/regularizer/*.yaml`. `build_regularization` turns those nodes into
-what the rest of the system plugs in: model slots, Lightning callbacks, the training objective and
+what the rest of the system plugs in: model slots, the training objective and
 the optimizer's weight decay, a max-norm bound, a dropout schedule and a stopping criterion, which the
 training engine (engine/fit.py) applies per replica. Combinations need no class of their own.
 """
@@ -19,7 +19,7 @@ from regbench.training.loop import Objective, cross_entropy
 
 if TYPE_CHECKING:
     from regbench.config import DropoutConfig, EarlyStopConfig
-    from regbench.regularizers.early_stopping import CriterionStopping
+    from regbench.regularizers.early_stopping import Stopping
     from regbench.regularizers.schedules import DropoutSchedule
 
 
@@ -35,7 +35,7 @@ class Regularization:
     mc_samples: int = 0
     max_norm: float | None = None                   # each unit's incoming weights projected to norm <= c, every step
     schedule: "DropoutSchedule | None" = None       # the drop rates' factor per epoch
-    stopping: "CriterionStopping | None" = None     # the early-stopping criterion and what it reads
+    stopping: "Stopping | None" = None              # the early-stopping criterion and what it reads
 
 
 def _dropout_slots(d: "DropoutConfig") -> Slots:
@@ -92,11 +92,11 @@ def build_regularization(name: str, *, dropout: "DropoutConfig | None", early_st
         reg.schedule = DropoutSchedule(dropout.schedule, max_epochs=max_epochs, gamma=dropout.schedule_gamma,
                                        until=dropout.schedule_until)
     if early_stop:
-        from regbench.regularizers.early_stopping import CriterionStopping
+        from regbench.regularizers.early_stopping import Stopping
         reg.monitor = early_stop.monitor
         reg.mode = "min" if early_stop.monitor.endswith("loss") else "max"
         reg.restore_best = early_stop.restore_best
-        reg.stopping = CriterionStopping(_criterion(early_stop), monitor=reg.monitor, mode=reg.mode)
+        reg.stopping = Stopping(_criterion(early_stop), monitor=reg.monitor, mode=reg.mode)
     reg.max_norm = maxnorm
     if rdrop_alpha is not None:
         from regbench.regularizers.objectives import rdrop

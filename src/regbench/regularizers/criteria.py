@@ -16,7 +16,7 @@ Conventions shared by all criteria:
   Lightning's ``current_epoch`` and of the record's ``best_epoch`` and ``stopped_epoch``.
 * ``describe_as(monitor, shown)`` makes the reasons name the monitored metric and show its
   values as they are (``shown`` maps the minimised quantity back, e.g. ``1 - error`` for an
-  accuracy); :class:`~regbench.regularizers.early_stopping.CriterionStopping` sets it.
+  accuracy); :class:`~regbench.regularizers.early_stopping.Stopping` sets it.
 * a non-finite ``val`` (NaN, inf: a diverged run) stops at once, like Lightning's
   ``EarlyStopping(check_finite=True)``.
 * once a criterion has fired it keeps returning True (``stopped``) and keeps its reason.
