@@ -7,7 +7,7 @@ SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
 # the sweep folder `make run` prints: SWEEP's name= and runs_root= when it sets them
 RUN_DIR = $(or $(patsubst runs_root=%,%,$(filter runs_root=%,$(SWEEP))),runs)/$(or $(patsubst name=%,%,$(filter name=%,$(SWEEP))),default)
 
-.PHONY: setup run test test-slow test-cluster tables bench study study-tuned baselines clean
+.PHONY: setup run test test-slow test-cluster tables bench study study-tuned baselines size-axis clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,7 @@ tables: $(STAMP)  ## regenerate the reports whose records changed (no training);
 	$(PY) -m regbench.tables --each $(if $(FORCE),,--if-changed) runs experiments
 	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) $(STUDY)/analysis.py $(STUDY) $(if $(FORCE),,--if-changed); fi
 	if [ -f $(BASELINES)/per_arm.csv ]; then $(PY) $(BASELINES)/analysis.py $(BASELINES) > /dev/null; fi
+	if [ -f $(SIZE_AXIS)/per_arm.csv ]; then $(PY) $(SIZE_AXIS)/analysis.py $(SIZE_AXIS) > /dev/null; fi
 
 bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> benchmarks/results.md
 	$(PY) benchmarks/bench.py
@@ -55,6 +56,13 @@ endef
 
 STUDY := experiments/dropout_vs_early_stopping
 BASELINES := experiments/mnist1d_baselines
+SIZE_AXIS := experiments/dropout_size_equal_steps
+size-axis: $(STAMP)   ## claim 5 at equal steps: none and dropout, tuned, at 250 .. 16000 training sequences (timed), and its report
+	@start=$$(date +%s); $(PY) run.py -m experiment=dropout_size_equal_steps; status=$$?; \
+	printf '{"seconds": %d, "command": "make size-axis", "machine": "%s, %s cores"}\n' \
+	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" > $(SIZE_AXIS)/timing.json; \
+	$(PY) $(SIZE_AXIS)/analysis.py $(SIZE_AXIS) && exit $$status
+
 baselines: $(STAMP)   ## the MNIST-1D benchmark's own protocol (4 models x 10 seeds, then the width and step probes) and its report
 	$(PY) run.py -m experiment=mnist1d_baselines
 	$(PY) run.py -m experiment=mnist1d_baselines model=mlp,resmlp model.hidden=256

@@ -4,6 +4,7 @@ records it regenerates the committed README byte for byte."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -15,8 +16,11 @@ from scipy import stats
 from regbench.reporting.synthetic import make_record, write_runs
 
 FOLDER = Path(__file__).resolve().parents[1] / "experiments" / "mnist1d_baselines"
-sys.path.insert(0, str(FOLDER))
-import analysis as B  # noqa: E402  (the report's own module, beside its records)
+# the report's own module, beside its records, loaded under its own name (the study's is `analysis` too)
+_spec = importlib.util.spec_from_file_location("mnist1d_baselines_analysis", FOLDER / "analysis.py")
+B = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = B
+_spec.loader.exec_module(B)
 
 
 def runs_of(model: str, accs, *, hidden: int | None = None, epochs: int = 150) -> list[dict]:

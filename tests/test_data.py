@@ -208,3 +208,29 @@ def test_mnist1d_validation_from_another_generator_seed_keeps_all_4000_training_
         build_data("mnist1d", val_size=500, val_generator_seed=42, **kw)
     with pytest.raises(ConfigError, match=r"data.val_size=5000 .*allowed \[1, 4000\]"):
         build_data("mnist1d", val_size=5000, val_generator_seed=43, **kw)
+
+
+def test_mnist1d_training_pool_from_another_generator_seed_keeps_the_benchmarks_test_set():
+    import os
+
+    from regbench.config import ConfigError
+    from regbench.data.mnist1d import cached
+
+    root = os.environ["REGBENCH_DATA"]
+    kw = dict(root=root, split_seed=0, generator_seed=42, val_generator_seed=43)
+    d = build_data("mnist1d", val_size=100, train_size=None, train_generator_seed=44, train_pool=400, **kw)
+    official = cached(root, 42)
+    pool = cached(root, 44, 500)  # 400 training sequences are 80% of 500 generated ones
+    assert len(d.x_train) == 400 and len(pool["x"]) == 400
+    assert torch.allclose(d.x_train * d.norm_std + d.norm_mean, torch.from_numpy(pool["x"].astype(np.float32)),
+                          atol=1e-5)
+    assert torch.allclose(d.x_test * d.norm_std + d.norm_mean, torch.from_numpy(official["x_test"].astype(np.float32)),
+                          atol=1e-5)  # the benchmark's test set, whatever the pool
+    sub = build_data("mnist1d", val_size=100, train_size=250, train_generator_seed=44, train_pool=400, **kw)
+    assert len(sub.x_train) == 250
+    for bad, match in ((dict(train_generator_seed=43), r"data.val_generator_seed=43 is also data.train_generator_seed"),
+                       (dict(train_generator_seed=42), r"data.train_generator_seed=42 is also data.generator_seed"),
+                       (dict(train_pool=400), r"data.train_pool=400 needs data.train_generator_seed"),
+                       (dict(train_generator_seed=44, train_pool=402), r"data.train_pool=402 .*multiple of 4")):
+        with pytest.raises(ConfigError, match=match):
+            build_data("mnist1d", val_size=100, train_size=None, **kw, **bad)
