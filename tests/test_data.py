@@ -231,6 +231,6 @@ def test_mnist1d_training_pool_from_another_generator_seed_keeps_the_benchmarks_
     for bad, match in ((dict(train_generator_seed=43), r"data.val_generator_seed=43 is also data.train_generator_seed"),
                        (dict(train_generator_seed=42), r"data.train_generator_seed=42 is also data.generator_seed"),
                        (dict(train_pool=400), r"data.train_pool=400 needs data.train_generator_seed"),
-                       (dict(train_generator_seed=44, train_pool=402), r"data.train_pool=402 .*multiple of 4")):
+                       (dict(train_generator_seed=44, train_pool=404), r"data.train_pool=404 .*multiple of 8")):
         with pytest.raises(ConfigError, match=match):
             build_data("mnist1d", val_size=100, train_size=None, **kw, **bad)

@@ -13,6 +13,7 @@ import sys
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch import nn
 
 from conftest import ROOT, compose
 from regbench.config import validate
@@ -205,6 +206,29 @@ def test_row_wise_models_fold_their_replicas_into_one_batch_and_the_others_run_u
     assert not Population(nets, rows=False).rows and not Population(nets[:1]).rows  # asked off; S = 1
     if rows:  # and rows mode keeps the module's own layers apart from Linear's batched form
         assert {type(m).__name__ for m in Population(nets).base.modules()} >= {"RowsLinear"}
+
+
+@pytest.mark.parametrize("rows", [True, False], ids=["rows", "vmap"])
+def test_a_schedule_reaches_every_replica_once_the_population_has_run(rows):
+    """set_rates after a first forward (as a schedule does between epochs): each replica then drops at
+    its new rate, in rows mode too (whose bound tensors must follow)."""
+    from regbench.regularizers.layers import Dropout
+
+    def net():  # dropout, then the identity map (a population needs a parameter to stack)
+        lin = nn.Linear(200, 200)
+        with torch.no_grad():
+            lin.weight.copy_(torch.eye(200))
+            lin.bias.zero_()
+        return nn.Sequential(Dropout(0.5), lin)
+
+    pop = Population([net(), net()], rows=rows)
+    assert pop.rows == rows
+    x = torch.ones(1000, 200)
+    pop.forward(x, shared=True)
+    base = {k: v.clone() for k, v in pop.buffers.items() if k in pop.rate_buffers()}
+    pop.set_rates(base, torch.tensor([0.0, 1.8]))  # rates 0 and 0.9
+    dropped = (pop.forward(x, shared=True) == 0).double().mean((1, 2))
+    assert dropped[0] == 0 and abs(dropped[1] - 0.9) < 0.01  # 200,000 units: SE 0.0007
 
 
 @pytest.mark.parametrize("arm", ["none", "maxnorm", "weight_decay"])

@@ -52,14 +52,25 @@ def test_per_size_outcomes_and_the_shape_follow_known_gains(tmp_path):
     assert got[2000] == got[4000] == "better"
     assert got[250] == got[500] == "equivalent"  # 0 gain, tight: within the 1 pp margin
     assert "| 250 | 100 | 40 (40 ok) |" in text  # final runs only: the tune/ record is not counted
-    assert "**supported**" in text and (tmp_path / "size_gain.png").exists()
+    assert "**supported: all three parts shown**" in text and (tmp_path / "size_gain.png").exists()
 
 
 @pytest.mark.parametrize("gain, verdict", [
     ({250: 0.0, 500: 0.0, 1000: 0.02, 2000: 0.05, 4000: 0.05, 8000: 0.05, 16000: 0.05},
-     "partly supported (it rises, it does not fall)"),
-    ({n: 0.0 for n in SIZES}, "not supported"),
+     "not shown (shown: little gain at 250 and 500; a rise to 2000; not shown: a fall from 2000 to 16000)"),
+    ({n: 0.0 for n in SIZES}, "not shown (shown: little gain at 250 and 500; not shown: a rise to 2000; "
+                              "a fall from 2000 to 16000)"),
+    ({**{n: 0.0 for n in SIZES}, 250: 0.03, 500: 0.03}, "not shown: no part shown"),
 ])
 def test_a_gain_that_does_not_fall_or_never_rises_is_not_called_supported(tmp_path, gain, verdict):
     finals(tmp_path, gain)
     assert f"**{verdict}**" in A.report(tmp_path)
+
+
+def test_the_parts_are_not_testable_without_the_sizes_fixed_for_them(tmp_path):
+    finals(tmp_path, {n: 0.0 for n in SIZES})
+    import shutil
+
+    for d in tmp_path.glob("tuned-*-250"):
+        shutil.rmtree(d)
+    assert "Not testable: the parts need the sizes [250, 500, 2000, 16000]" in A.report(tmp_path)

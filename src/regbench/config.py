@@ -82,9 +82,9 @@ class DataConfig:
     # that the run ids of earlier runs stay the same)
     val_generator_seed: Optional[int] = rng(NONNEG, None)
     # mnist1d only, +data.train_generator_seed=S (+data.train_pool=N): the training sequences are the N
-    # (default 4000) training sequences of a dataset generated with seed S: training sets beyond 4000
+    # (default 4000; a multiple of 8) training sequences of a dataset generated with seed S: sets beyond 4000
     train_generator_seed: Optional[int] = rng(NONNEG, None)
-    train_pool: Optional[int] = rng(Interval(4, 400_000), None)
+    train_pool: Optional[int] = rng(Interval(8, 400_000), None)
     test_size: Optional[int] = rng(POS_INT, None)       # datasets without an official test split
     test_seed: Optional[int] = rng(NONNEG, None)        # ... which is carved with this fixed seed
     checksums: Optional[dict[str, Optional[str]]] = None   # file -> md5, overrides the official ones

@@ -86,11 +86,13 @@ def load_mnist1d(*, root: str, val_size: int, split_seed: int, train_size: int |
     x_train, y_train = arrays["x"], arrays["y"]
     if train_generator_seed is not None:
         pool = 4000 if train_pool is None else train_pool
-        if pool % 4:
-            raise ConfigError(f"data.train_pool={pool} is not allowed: a multiple of 4 (make_dataset's 80% "
-                              f"training split of a whole number of sequences)")
+        if pool % 8:
+            raise ConfigError(f"data.train_pool={pool} is not allowed: a multiple of 8 (make_dataset makes "
+                              f"num_samples / 10 sequences a class and trains on 80% of them)")
         generated = cached(root, train_generator_seed, pool * 5 // 4)
         x_train, y_train = generated["x"], generated["y"]
+        if len(y_train) != pool:  # make_dataset's rounding changed: refuse rather than train on another size
+            raise ConfigError(f"data.train_pool={pool}: make_dataset gave {len(y_train)} training sequences")
     held_out = None
     if val_generator_seed is not None:
         other = cached(root, val_generator_seed)

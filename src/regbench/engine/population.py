@@ -210,6 +210,8 @@ class Population:
         stacked tensors are bound into the base module itself while this population's tensors are
         the ones it holds (functional_call's swapping in and out on every call cost ~15% of a step)."""
         S, B = x.shape[:2]
+        if S != self.size:
+            raise ValueError(f"rows mode got inputs for {S} replicas, the population has {self.size}")
         base, state = self.base, (self._parameters, self._buffers)
         bound = getattr(base, "_rows_bound", (None, None))
         if bound[0] is not state[0] or bound[1] is not state[1]:
@@ -219,9 +221,9 @@ class Population:
                     owner, _, leaf = name.rpartition(".")
                     getattr(slots[owner], kind)[leaf] = v
             base._rows_bound = state
-            base._rows_rates = [(slots[k.rpartition(".")[0]], state[1][k]) for k in self.rate_buffers()]
-        for layer, rate in base._rows_rates:
-            layer._buffers["rate"] = rate.repeat_interleave(B).unsqueeze(1)
+            base._rows_rates = [(slots[k.rpartition(".")[0]], k) for k in self.rate_buffers()]
+        for layer, k in base._rows_rates:  # read on every call: schedules replace the rate tensors
+            layer._buffers["rate"] = self._buffers[k].repeat_interleave(B).unsqueeze(1)
         out = base(x.reshape(S * B, *x.shape[2:]))
         return out.view(S, B, *out.shape[1:])
 
@@ -260,9 +262,8 @@ class Population:
     def set_rates(self, base: dict[str, torch.Tensor], factor: torch.Tensor) -> None:
         """Dropout schedules: every rate buffer becomes ``base * factor`` (factor: [S], per replica).
         With S = 1 the module's layers read their float ``p``: it is set (which sets their rate too)."""
-        if self.stacked:
-            for k, v in base.items():
-                self._buffers[k] = v * factor.to(v)
+        if self.stacked:  # a new dict: rows mode rebinds what it holds
+            self._buffers = {**self._buffers, **{k: v * factor.to(v) for k, v in base.items()}}
             return
         names = dict(self.net.named_modules())
         for k, v in base.items():
