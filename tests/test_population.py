@@ -206,6 +206,11 @@ def test_row_wise_models_fold_their_replicas_into_one_batch_and_the_others_run_u
     assert not Population(nets, rows=False).rows and not Population(nets[:1]).rows  # asked off; S = 1
     if rows:  # and rows mode keeps the module's own layers apart from Linear's batched form
         assert {type(m).__name__ for m in Population(nets).base.modules()} >= {"RowsLinear"}
+        subclass = type("Centred", (type(nets[0]),), {"forward": lambda self, x: super(type(self), self).forward(
+            x - x.mean(0))})  # mixes rows: it must declare rows_independent itself to fold
+        for n in nets:
+            n.__class__ = subclass
+        assert not Population(nets).rows
 
 
 @pytest.mark.parametrize("rows", [True, False], ids=["rows", "vmap"])

@@ -73,12 +73,13 @@ _ROW_WISE = (nn.Linear, nn.Identity, nn.Sequential, nn.Flatten, nn.ReLU, nn.SELU
 def rows_blocker(net: nn.Module) -> str | None:
     """Why ``net`` cannot run in rows mode (the first module that does not allow it), or None.
     A model allows it with the class attribute ``rows_independent = True`` (its forward mixes no
-    rows); a dropout layer with ``row_rates = True``; the plain row-wise torch modules above."""
+    rows), declared on the class itself (a subclass may change forward); a dropout layer with
+    ``row_rates = True``; the plain row-wise torch modules above."""
     from regbench.regularizers.layers import DropoutLayer
 
     for m in net.modules():
         ok = (getattr(m, "row_rates", False) if isinstance(m, DropoutLayer) else
-              type(m) in _ROW_WISE or getattr(type(m), "rows_independent", False))
+              type(m) in _ROW_WISE or vars(type(m)).get("rows_independent", False))  # declared, not inherited
         if not ok:
             return type(m).__name__
     return None
