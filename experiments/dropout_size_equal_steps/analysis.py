@@ -16,7 +16,8 @@ before the data (SMALL, MID, LARGE): little gain = the outcomes at SMALL; rise =
 SMALL, fall = gain at LARGE - gain at MID, each a Welch t-test on the per-seed gains (the sizes' runs
 share seed numbers but not data or weights), Holm over the two.
 
-Exit status: 0 on success, 1 when there are no final records.
+Exit status: 0 on success, 1 when there are no final records. Its wall-clock time comes from
+`timing.json` (written by `make size-axis`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from scipy import stats as sps
 
 from regbench.records import read_record
+from regbench.reporting.claims import report_main, timing_section
 from regbench.reporting.collect import load_runs
 from regbench.reporting.stats import ALPHA, compare, holm, outcome, t_mean_ci
 
@@ -125,7 +127,8 @@ def report(folder: Path) -> str | None:
         f"{len(sizes)} sizes; an outcome is `better` / `worse` when that p < {ALPHA}, else `equivalent` when the "
         "TOST p < {ALPHA} (the difference is within +-1 pp), else `inconclusive`.".replace("{ALPHA}", str(ALPHA)),
         "", "## Srivastava et al.'s shape: little gain when small, rising, then falling", "", *shape, "",
-        f"![dropout's gain against the training-set size]({PLOT})",
+        f"![dropout's gain against the training-set size]({PLOT})", "",
+        "## Cost", "", timing_section(folder),
     ]
     plot(sizes, comps, folder / PLOT)
     return "\n".join(lines) + "\n"
@@ -188,15 +191,7 @@ def plot(sizes: list[int], comps: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if a != "--if-changed"]  # accepted as `make tables` passes it: always fast
-    folder = Path(args[0]) if args else HERE
-    text = report(folder)
-    if text is None:
-        print(f"no final-seed records below {folder}", file=sys.stderr)
-        return 1
-    (folder / "README.md").write_text(text)
-    print(text)
-    return 0
+    return report_main(argv, HERE, report)
 
 
 if __name__ == "__main__":

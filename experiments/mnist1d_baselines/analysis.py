@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from regbench.records import read_record
+from regbench.reporting.claims import report_main
 from regbench.reporting.collect import load_runs
 from regbench.reporting.stats import t_mean_ci
 
@@ -133,15 +134,7 @@ def gap_lines(probes: dict[str, list]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if a != "--if-changed"]  # accepted as `make tables` passes it: always fast
-    folder = Path(args[0]) if args else HERE
-    text = report(folder)
-    if text is None:
-        print(f"no readable records below {folder}", file=sys.stderr)
-        return 1
-    (folder / "README.md").write_text(text)
-    print(text)
-    return 0
+    return report_main(argv, HERE, report)
 
 
 if __name__ == "__main__":

@@ -397,6 +397,21 @@ def health_section(report: Report, runs: pd.DataFrame, metric: str = "test/acc")
     return "\n".join([rule, "", table] + ([""] + warn if warn else []))
 
 
+def report_main(argv: list[str], default_dir: Path, report: Callable[[Path], str | None]) -> int:
+    """The command line of a small study report, ``analysis.py [EXPERIMENT_DIR] [--if-changed]``:
+    ``report(dir)`` becomes ``dir/README.md`` (and is printed); exit 1 when it finds no records.
+    ``--if-changed`` is accepted, as ``make tables`` passes it, and ignored: such a report is fast."""
+    args = [a for a in argv if a != "--if-changed"]
+    folder = Path(args[0]) if args else default_dir
+    text = report(folder)
+    if text is None:
+        print(f"no readable records below {folder}", file=sys.stderr)
+        return 1
+    (folder / "README.md").write_text(text)
+    print(text)
+    return 0
+
+
 def timing_section(experiment_dir: Path) -> str:
     path = experiment_dir / TIMING_FILE
     if not path.is_file():
