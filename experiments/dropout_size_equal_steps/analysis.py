@@ -46,11 +46,47 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}" if v == v else "—"
 
 
-def finals(folder: Path):
+def finals(folder: Path, role: str = "final"):
+    """The runs of one role of the tuned protocol: `final` (the fresh seeds) or `tune` (the trials)."""
     runs = load_runs([folder]).runs
-    runs = runs[runs["path"].str.contains("/final/")]
+    runs = runs[runs["path"].str.contains(f"/{role}/")]
     return runs.assign(size=[int(c["data"]["train_size"]) for c in runs["config"]],
                        epochs=[int(c["trainer"]["max_epochs"]) for c in runs["config"]])
+
+
+SMALL_P = 0.2  # the search table counts the dropout trials below this rate
+
+
+def p_low(runs) -> str:
+    """The lower end of dropout's search space for p, as the records' configs declare it."""
+    lows = {((c.get("regularizer") or {}).get("tune") or {}).get("dropout", {}).get("p", {}).get("low")
+            for c, arm in zip(runs["config"], runs["regularizer"]) if arm == DROPOUT}
+    lows.discard(None)
+    return ", ".join(f"{v:g}" for v in sorted(lows)) or "?"
+
+
+def search_lines(folder: Path, sizes: list[int]) -> list[str]:
+    """What each arm's search tried: per size, the best trial's mean val/acc over its seeds (the protocol's score),
+    and for dropout the rates tried and the best trial among those below SMALL_P."""
+    tune = finals(folder, "tune")
+    if tune.empty:
+        return ["No tuning records."]
+    tune = tune.assign(trial=[(c.get("protocol") or {}).get("trial") for c in tune["config"]],
+                       p=[((c.get("regularizer") or {}).get("dropout") or {}).get("p") for c in tune["config"]])
+    rows = ["| train size | none: trials, best val acc % | dropout: trials, best val acc % | dropout: p tried "
+            f"| dropout trials with p < {SMALL_P}: n, best val acc % |", "|---:|---|---|---|---|"]
+    for n in sizes:
+        cells = []
+        for arm in (BASELINE, DROPOUT):
+            t = tune[(tune["size"] == n) & (tune["regularizer"] == arm)]
+            by = t.groupby("trial")["val/acc"].mean()
+            cells.append(f"{len(by)}, {pct(by.max()) if len(by) else '—'}")
+        t = tune[(tune["size"] == n) & (tune["regularizer"] == DROPOUT)]
+        per = t.groupby("trial").agg(p=("p", "first"), val=("val/acc", "mean"))
+        low = per[per["p"] < SMALL_P]
+        rows.append(f"| {n} | {cells[0]} | {cells[1]} | {per['p'].min():.2f}–{per['p'].max():.2f} | "
+                    f"{len(low)}, {pct(low['val'].max()) if len(low) else '—'} |")
+    return rows
 
 
 def chosen(r) -> str:
@@ -126,7 +162,12 @@ def report(folder: Path) -> str | None:
         "Differences are paired on the shared seeds; p is the paired t-test's, Holm-adjusted over the "
         f"{len(sizes)} sizes; an outcome is `better` / `worse` when that p < {ALPHA}, else `equivalent` when the "
         "TOST p < {ALPHA} (the difference is within +-1 pp), else `inconclusive`.".replace("{ALPHA}", str(ALPHA)),
-        "", "## Srivastava et al.'s shape: little gain when small, rising, then falling", "", *shape, "",
+        "", "## What the searches tried", "", *search_lines(folder, sizes), "",
+        "A trial's score is its mean validation accuracy over its seeds (the protocol's metric). Dropout's space "
+        f"reaches p = {p_low(runs)}, next to no dropout, so a search that found the best config could not leave "
+        "dropout far below `none`: where it is far below, read the outcome as what this budget finds, and the "
+        "table above as why.", "",
+        "## Srivastava et al.'s shape: little gain when small, rising, then falling", "", *shape, "",
         f"![dropout's gain against the training-set size]({PLOT})", "",
         "## Cost", "", timing_section(folder),
     ]
@@ -143,24 +184,32 @@ def shape_lines(sizes: list[int], seeds: dict, outcomes: dict[int, str]) -> list
     tests = {"rise": (g[MID], small), "fall": (g[LARGE], g[MID])}
     diffs = {k: float(a.mean() - b.mean()) for k, (a, b) in tests.items()}
     ps = dict(zip(tests, holm([float(sps.ttest_ind(a, b, equal_var=False).pvalue) for a, b in tests.values()])))
-    little = all(outcomes[n] in ("equivalent", "worse") for n in SMALL)
-    rise = diffs["rise"] > 0 and ps["rise"] < ALPHA
-    fall = diffs["fall"] < 0 and ps["fall"] < ALPHA
-    parts = {"little gain at " + " and ".join(map(str, SMALL)): little, f"a rise to {MID}": rise,
-             f"a fall from {MID} to {LARGE}": fall}
-    shown = [k for k, v in parts.items() if v]
-    verdict = ("supported: all three parts shown" if len(shown) == 3 else
-               "not shown" + (f" (shown: {'; '.join(shown)}; not shown: "
-                              f"{'; '.join(k for k, v in parts.items() if not v)})" if shown else ": no part shown"))
+    # each part: shown, contradicted (a significant effect the other way), or not shown
+    small_out = [outcomes[n] for n in SMALL]
+    little = ("shown" if all(o in ("equivalent", "worse") for o in small_out) else
+              "contradicted" if all(o == "better" for o in small_out) else "not shown")
+
+    def part(k: str, direction: int) -> str:
+        if ps[k] >= ALPHA:
+            return "not shown"
+        return "shown" if diffs[k] * direction > 0 else "contradicted"
+
+    parts = {"little gain at " + " and ".join(map(str, SMALL)): little, f"a rise to {MID}": part("rise", 1),
+             f"a fall from {MID} to {LARGE}": part("fall", -1)}
+    by = {state: [k for k, v in parts.items() if v == state] for state in ("shown", "contradicted", "not shown")}
+    verdict = ("supported: all three parts shown" if len(by["shown"]) == 3 else
+               ("contradicted" if by["contradicted"] else "not shown") + " (" +
+               "; ".join(f"{state}: {', '.join(ks)}" for state, ks in by.items() if ks) + ")")
     return [
         f"- Little gain at {' and '.join(map(str, SMALL))}: the outcomes there are "
-        f"{', '.join(outcomes[n] for n in SMALL)} (shown when each is `equivalent` or `worse`).",
+        f"{', '.join(small_out)} (shown when each is `equivalent` or `worse`, contradicted when each is "
+        f"`better`).",
         f"- Rise: the gain at {MID} minus the gain at {' and '.join(map(str, SMALL))}: {100 * diffs['rise']:+.1f} pp, "
         f"Welch p (Holm) {ps['rise']:.3g}.",
         f"- Fall: the gain at {LARGE} minus the gain at {MID}: {100 * diffs['fall']:+.1f} pp, "
         f"Welch p (Holm) {ps['fall']:.3g}.",
-        f"- Srivastava et al.'s shape at alpha {ALPHA}: **{verdict}**. A part not shown is untested evidence, "
-        f"not evidence of its absence.",
+        f"- Srivastava et al.'s shape at alpha {ALPHA}: **{verdict}**. A part is contradicted when the data "
+        f"show a significant effect the other way; \"not shown\" is no evidence either way.",
     ]
 
 
