@@ -362,3 +362,17 @@ def test_if_changed_rebuilds_when_the_records_or_the_study_code_change(tmp_path,
     assert run("b") == 0 and written == ["a", "b"]  # an edit of the study's code
     write_runs(d, study_records(settings=[("digits", "mlp", None)], arms=("none",), seeds=[7]))
     assert run("b") == 0 and written == ["a", "b", "b"]  # a new record
+
+
+@pytest.mark.parametrize("setting, arm, seed", [("mnist1d_mlp", "none", 0), ("mnist5k_seed_cnn", "dropout", 3),
+                                                ("mnist1d_mlp_n500", "early_stop", 9), ("digits_mlp", "weight_decay", 5)])
+def test_a_fresh_composition_of_the_study_preset_finds_its_committed_record(setting, arm, seed):
+    """`make study` skips what is committed only if today's config of a job hashes to the folder its
+    record was written in: keys added since (the logger, the progress bar, gradient clipping when off)
+    must not enter the run id."""
+    from conftest import compose
+    from regbench.naming import run_id
+
+    cfg = compose(["experiment=dropout_vs_early_stopping", f"+setting={setting}", f"regularizer={arm}",
+                   f"seed={seed}"])
+    assert (STUDY / run_id(cfg) / "results.json").is_file(), run_id(cfg)

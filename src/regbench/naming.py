@@ -17,8 +17,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # keys that never change a run's numbers: where it is written, whether to redo it, how chatty it is
-NON_RESULT_KEYS = ("name", "runs_root", "force", "hydra")
-NON_RESULT_TRAINER_KEYS = ("progress_every", "eval_batch_size", "checkpoint_every")
+# keys that change no number of a run (where it goes, what it logs and shows): not in its id
+NON_RESULT_KEYS = ("name", "runs_root", "force", "hydra", "logger")
+NON_RESULT_TRAINER_KEYS = ("progress_every", "progress_bar", "eval_batch_size", "checkpoint_every")
 
 
 def _plain(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -37,6 +38,8 @@ def result_config(cfg: DictConfig | dict) -> dict[str, Any]:
     trainer = dict(d.get("trainer") or {})
     for k in NON_RESULT_TRAINER_KEYS:
         trainer.pop(k, None)
+    if trainer.get("gradient_clip_val") is None:
+        trainer.pop("gradient_clip_val", None)  # off, as before the key existed: those runs keep their ids
     d["trainer"] = trainer
     d.get("data", {}).pop("root", None)   # where the cache lives is not what it holds
     if isinstance(d.get("regularizer"), dict):
