@@ -173,18 +173,15 @@ def rows_vs_vmap(epochs: int, repeats: int) -> dict:
     import torch
 
     from conftest import compose
+    from regbench.app import network_of, regularization_of
     from regbench.config import validate
     from regbench.data import build_data
     from regbench.engine.fit import Replica, fit
-    from regbench.models import build_model
-    from regbench.regularizers import build_regularization
 
     torch.set_num_threads(1)
-    rc = validate(compose(["regularizer=dropout"]))
-    r = rc.regularizer
-    reg = build_regularization(r.name, dropout=r.dropout, early_stop=r.early_stop, weight_decay=r.weight_decay,
-                               maxnorm=r.maxnorm, rdrop_alpha=r.rdrop_alpha, mc_samples=r.mc_samples,
-                               max_epochs=epochs)
+    cfg = compose(["regularizer=dropout", f"trainer.max_epochs={epochs}"])
+    rc = validate(cfg)
+    reg = regularization_of(rc)
     data = build_data("mnist1d", root=rc.data.root, val_size=rc.data.val_size, split_seed=rc.data.split_seed,
                       train_size=None, generator_seed=rc.data.generator_seed)
     seeds = range(10)
@@ -194,8 +191,7 @@ def rows_vs_vmap(epochs: int, repeats: int) -> dict:
             nets = []
             for s in seeds:
                 torch.manual_seed(s)
-                nets.append(build_model("mlp", data.input_shape, data.num_classes, reg.slots, regularizer=reg.name,
-                                        hidden=rc.model.hidden, depth=rc.model.depth))
+                nets.append(network_of(rc, data, reg, [k for k in cfg.model if k != "name"]))
             recs, _, _ = fit(nets, [Replica(seed=s, reg=reg, lr=rc.optim.lr) for s in seeds], data,
                              optim_name="adam", batch_size=rc.optim.batch_size, max_epochs=epochs,
                              eval_batch_size=1000, rows=mode == "rows")

@@ -46,7 +46,7 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}" if v == v else "—"
 
 
-def finals(folder: Path, role: str = "final"):
+def runs_of(folder: Path, role: str = "final"):
     """The runs of one role of the tuned protocol: `final` (the fresh seeds) or `tune` (the trials)."""
     runs = load_runs([folder]).runs
     runs = runs[runs["path"].str.contains(f"/{role}/")]
@@ -68,7 +68,7 @@ def p_low(runs) -> str:
 def search_lines(folder: Path, sizes: list[int]) -> list[str]:
     """What each arm's search tried: per size, the best trial's mean val/acc over its seeds (the protocol's score),
     and for dropout the rates tried and the best trial among those below SMALL_P."""
-    tune = finals(folder, "tune")
+    tune = runs_of(folder, "tune")
     if tune.empty:
         return ["No tuning records."]
     tune = tune.assign(trial=[(c.get("protocol") or {}).get("trial") for c in tune["config"]],
@@ -108,7 +108,7 @@ def gains(a: dict, b: dict) -> np.ndarray:
 
 
 def report(folder: Path) -> str | None:
-    runs = finals(folder)
+    runs = runs_of(folder)
     if runs.empty:
         return None
     sizes = sorted(set(runs["size"]))

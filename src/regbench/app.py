@@ -648,7 +648,7 @@ def train_members(rcs: list[RunConfig], dirs: list[Path], data_keys: list[str], 
 
 
 def regularization_of(rc: RunConfig):
-    """The run's regularization (layers' slots, objective, callbacks) from its validated config."""
+    """The run's regularization (layers' slots, objective, stopping criterion, ...) from its validated config."""
     from regbench.regularizers import build_regularization
 
     r = rc.regularizer

@@ -57,7 +57,6 @@ class _Tracker:
     mode: str
     restore: bool
     stopping: Any = None           # a fresh copy of the arm's Stopping (its criterion, monitor, mode), or None
-    criterion: Any = None          # stopping.criterion
     best_value: float = math.nan
     best_epoch: int | None = None
     stopped_epoch: int | None = None
@@ -65,6 +64,10 @@ class _Tracker:
     diverged_epoch: int | None = None
     steps: int = 0
     history: dict = field(default_factory=lambda: {"epoch": [], **{k: [] for k in HISTORY_KEYS}})
+
+    @property
+    def criterion(self):
+        return self.stopping.criterion if self.stopping is not None else None
 
     def better(self, v: float) -> bool:
         if not _finite(v):
@@ -82,7 +85,6 @@ def _tracker(reg: Regularization) -> _Tracker:
     t = _Tracker(monitor=reg.monitor, mode=reg.mode, restore=reg.restore_best)
     if reg.stopping is not None:
         t.stopping = copy.deepcopy(reg.stopping)  # each replica its own criterion state
-        t.criterion = t.stopping.criterion
         t.criterion.reset()
     return t
 
