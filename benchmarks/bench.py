@@ -200,7 +200,7 @@ def rows_vs_vmap(epochs: int, repeats: int) -> dict:
         times["raw"].append(raw_s)
     rate = {k: raw_steps / statistics.median(v) for k, v in times.items()}
     return {**rate, "rows_over_vmap": rate["rows"] / rate["vmap"], "rows_over_raw": rate["rows"] / rate["raw"],
-            "epochs": epochs}
+            "epochs": epochs, "steps_per_epoch": raw_steps // (len(seeds) * epochs)}
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -277,6 +277,7 @@ def main() -> None:
     rv = rows_vs_vmap(POPULATION_EPOCHS, args.repeats)
     sw = sweep_speedup(args.sweep_epochs)
     st = startup()
+    ceiling = sc["separate"] / (st["imports_seconds"] + 10 * rv["steps_per_epoch"] * sc["epochs"] / rv["raw"])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, torch threads 1"
     lines = [
         "# regbench benchmark", "",
@@ -299,6 +300,11 @@ def main() -> None:
     lines += [
         f"| replicas: 10 stacked seeds / 10 separate runs, whole commands, {sc['epochs']} epochs, `dropout`: "
         f"separate {sc['separate']:.1f} s / stacked {sc['stacked']:.1f} s | {sc['ratio']:.2f}x | >= 3.5x |",
+        # what no stacking can beat here: the stacked command at the raw loop's rate with no evaluation,
+        # no records and only the start-up every command pays
+        f"| the same ratio's ceiling on this machine: separate {sc['separate']:.1f} s / (start-up "
+        f"{st['imports_seconds']:.2f} s + {10 * rv['steps_per_epoch'] * sc['epochs']} seed-steps at the raw loop's "
+        f"{rv['raw']:.0f} seed-steps/s) | {ceiling:.2f}x | |",
         f"| population of 50 (10 seeds x 5 dropout rates) / raw batched-matmul loop, seed-steps/s, "
         f"{pr['epochs']} epochs | {pr['ratio']:.2f}x ({pr['ours']:.0f} vs {pr['raw']:.0f}) | >= 0.8x |",
         f"| rows mode (the fast path) / vmap, population of 10 dropout seeds, seed-steps/s, {rv['epochs']} epochs | "

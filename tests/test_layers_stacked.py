@@ -591,3 +591,25 @@ def test_rows_mode_gaussian_and_alpha_blocks_have_their_own_rates():
 def test_only_layers_whose_math_broadcasts_a_row_rate_say_row_rates():
     assert {k for k, (make, _) in KINDS.items() if make(0.5).row_rates} == {
         "Dropout", "GaussianDropout", "AlphaDropout", "DropPath"}
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.3, 0.1])  # 8-bit words (multiples of 1/256), then 16-bit ones
+def test_rows_mode_block_at_one_rate_draws_the_single_run_mask_from_the_same_generator_state(p):
+    # the separate run's mask (layers._noise) and rows mode's, drawn from one generator state, agree
+    # element for element: the same bits per unit and the same threshold
+    x = torch.rand(300, 100) + 0.5
+    torch.manual_seed(7)
+    single = Dropout(p)(x)
+    torch.manual_seed(7)
+    stacked = rows(Dropout(p), x, (p, p, p))
+    assert torch.equal(stacked == 0, single == 0)
+    torch.testing.assert_close(stacked, single, rtol=1e-6, atol=0)
+
+
+def test_rows_mode_thresholds_follow_a_rate_changed_in_place():
+    layer = Dropout(0.5)
+    y = rows(layer, torch.ones(2000, 100), (0.5,))
+    assert abs((y == 0).double().mean().item() - 0.5) < 0.01
+    layer._buffers["rate"].fill_(0.1)   # the thresholds kept on the tensor must not be reused
+    frac = (layer(torch.ones(2000, 100)) == 0).double().mean().item()
+    assert abs(frac - L.realised_drop_rate(0.1)) < 0.01, frac

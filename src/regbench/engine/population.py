@@ -224,7 +224,13 @@ class Population:
             base._rows_bound = state
             base._rows_rates = [(slots[k.rpartition(".")[0]], k) for k in self.rate_buffers()]
         for layer, k in base._rows_rates:  # read on every call: schedules replace the rate tensors
-            layer._buffers["rate"] = self._buffers[k].repeat_interleave(B).unsqueeze(1)
+            src = self._buffers[k]
+            held = getattr(layer, "_rows_rate_of", None)
+            # the per-row tensor is rebuilt only when the rates or the batch size change, so the noise
+            # can keep its thresholds on it (layers._row_rate_plan)
+            if held is None or held[0] is not src or held[1] != (B, src._version):
+                layer._rows_rate_of = (src, (B, src._version), src.repeat_interleave(B).unsqueeze(1))
+            layer._buffers["rate"] = layer._rows_rate_of[2]
         out = base(x.reshape(S * B, *x.shape[2:]))
         return out.view(S, B, *out.shape[1:])
 

@@ -289,23 +289,44 @@ def bernoulli_noise(
 
 
 def _row_rate_noise(shape: torch.Size, p: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
-    """Rows mode's noise: 16 random bits per element, dropped iff its word is below the element's
-    threshold ``round(p * 65536)`` (clamped to 1..65535 for 0 < p < 1, as ``_quantise``), kept ones
-    scaled by ``1 / (1 - threshold / 65536)``; ``p`` broadcasts against ``shape`` (a rate per row)."""
+    """Rows mode's noise: the single-run masks of ``_noise`` with a threshold per element. ``p``
+    broadcasts against ``shape`` (a rate per row). When every rate is a multiple of 1/256 (0.5, 0.25,
+    0 and 1 included) each element takes 8 random bits, as ``_noise`` does for such a rate; otherwise
+    16 bits, dropped iff the word is below ``round(p * 65536)`` (clamped to 1..65535 for 0 < p < 1, as
+    ``_quantise``). Kept elements are scaled by ``1 / (1 - p')``; ``p = 1`` gives zeros. So each
+    element is dropped at exactly ``realised_drop_rate`` of its rate, and a block of rows at one rate
+    draws the very mask ``_noise`` draws from the same generator state."""
+    bits, lo, scale = _row_rate_plan(p)
+    per_word = 64 // bits
     n = shape.numel()
-    # thresholds: integers, exact in float32 (p * 2**16 only shifts the exponent), as _quantise's
-    t = (p.float() * 65536.0).round()
-    t = torch.where((p > 0) & (p < 1), t.clamp(1.0, 65535.0), t)
-    scale = torch.where(t < 65536.0, 65536.0 / (65536.0 - t), 0.0)   # p = 1: noise 0
-    lo = (t - 32768.0).clamp(max=32767.0).to(torch.int16)            # keep iff the int16 word >= lo
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(_INT64_MIN, None)
-    r = words.view(torch.int16)
+    words = torch.empty((n + per_word - 1) // per_word, dtype=torch.int64, device=device).random_(_INT64_MIN, None)
+    r = words.view(torch.uint8 if bits == 8 else torch.int16)  # uniform on 0..255 / -32768..32767
     if r.numel() != n:
         r = r[:n]
     # the comparison written straight into a float tensor: ~2x faster than bool * float, which
     # converts the bool mask first
     noise = torch.empty(shape, dtype=dtype, device=device)
     return torch.ge(r.view(shape), lo, out=noise).mul_(scale)
+
+
+def _row_rate_plan(p: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(bits, lo, scale) of ``_row_rate_noise`` for the rate tensor ``p``: keep iff the word >= lo.
+    Kept on ``p`` itself (valid while ``p`` is unchanged in place): rows mode reuses one rate tensor
+    for a whole epoch, and the ~8 small tensor ops (and one sync) cost ~60 us a call, ~2% of a step
+    of the MNIST-1D MLP at S = 10."""
+    plan = getattr(p, "_regbench_row_plan", None)
+    if plan is not None and plan[0] == p._version:
+        return plan[1]
+    # thresholds: integers, exact in float32 (p * 2**16 only shifts the exponent), as _quantise's
+    t = (p.float() * 65536.0).round()
+    t = torch.where((p > 0) & (p < 1), t.clamp(1.0, 65535.0), t)
+    scale = torch.where(t < 65536.0, 65536.0 / (65536.0 - t), 0.0)   # p = 1: noise 0
+    if bool((t.remainder(256.0) == 0).all()):   # every p' a multiple of 1/256: 8-bit words suffice
+        out = (8, (t / 256.0).clamp(max=255.0).to(torch.uint8), scale)
+    else:
+        out = (16, (t - 32768.0).clamp(max=32767.0).to(torch.int16), scale)
+    p._regbench_row_plan = (p._version, out)
+    return out
 
 
 def _times_bernoulli(x: torch.Tensor, p: float | torch.Tensor, shape: Sequence[int] | None, what: str) -> torch.Tensor:
