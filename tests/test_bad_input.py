@@ -51,6 +51,9 @@ BAD = [
     ("name=../../outside", "name='../../outside' is not allowed"),
     ("name=.. trainer.max_epochs=0", "name='..' is not allowed"),
     ("name=. seed=-1", "name='.' is not allowed"),
+    # another dataset's option added to this one: a TypeError traceback from the loader before
+    ("data=digits +data.val_generator_seed=43", "data.val_generator_seed=43 is not an option of data=digits: "
+                                                "allowed resize, root, split_seed"),
 ]
 CLI_CASES = ["name=../escape", "runs_root={file}", "regularizer=dropout regularizer.dropout.p=abc",
              "data.val_size=4000"]

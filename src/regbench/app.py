@@ -444,10 +444,18 @@ def load_checked_data(rc: RunConfig, data_keys: list[str]):
     """The run's data, loaded before any folder or record is written, and the checks that need them:
     sizes against the dataset (val_size, train_size in `make_splits`; batch_size here), and a data.root
     that cannot be read or written. Raises ConfigError naming the key, the value and what is allowed."""
-    from regbench.data import DatasetFileError, build_data
+    import inspect
 
+    from regbench.data import DATASETS, DatasetFileError, build_data
+
+    kwargs = split_kwargs({k: getattr(rc.data, k) for k in data_keys}, rc.seed)
+    accepted = inspect.signature(DATASETS[rc.data.name]).parameters
+    for k, v in kwargs.items():  # a key another dataset has (say +data.val_generator_seed), added to this one
+        if k not in accepted and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            raise ConfigError(f"data.{k}={v!r} is not an option of data={rc.data.name}: allowed "
+                              f"{', '.join(sorted(accepted))}")
     try:
-        data = build_data(rc.data.name, **split_kwargs({k: getattr(rc.data, k) for k in data_keys}, rc.seed))
+        data = build_data(rc.data.name, **kwargs)
     except DatasetFileError as e:
         raise ConfigError(f"data.root={rc.data.root!r}: {e}") from e
     except OSError as e:  # a file where the folder should be, no permission, a full disk
