@@ -7,7 +7,8 @@ SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
 # the sweep folder `make run` prints: SWEEP's name= and runs_root= when it sets them
 RUN_DIR = $(or $(patsubst runs_root=%,%,$(filter runs_root=%,$(SWEEP))),runs)/$(or $(patsubst name=%,%,$(filter name=%,$(SWEEP))),default)
 
-.PHONY: setup run test test-slow test-cluster tables bench study study-tuned baselines size-axis clean
+.PHONY: setup run test test-slow test-cluster tables bench study study-fixed study-tuned study-agreement table9 baselines size-axis clean
+, := ,
 
 setup: $(STAMP)
 
@@ -39,29 +40,31 @@ tables: $(STAMP)  ## regenerate the reports whose records changed (no training);
 	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) $(STUDY)/analysis.py $(STUDY) $(if $(FORCE),,--if-changed); fi
 	if [ -f $(BASELINES)/per_arm.csv ]; then $(PY) $(BASELINES)/analysis.py $(BASELINES) > /dev/null; fi
 	if [ -f $(SIZE_AXIS)/per_arm.csv ]; then $(PY) $(SIZE_AXIS)/analysis.py $(SIZE_AXIS) > /dev/null; fi
+	if [ -d $(TABLE9) ]; then $(PY) $(TABLE9)/analysis.py $(TABLE9) > /dev/null; fi
 
 bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> benchmarks/results.md
 	$(PY) benchmarks/bench.py
 
-# $(call timed_study,TARGET,EXPERIMENT,FOLDER,REPORT): the presets EXPERIMENT and EXPERIMENT_sanity,
-# their wall-clock time written to FOLDER/timing.json, then REPORT; the sweeps' exit status is kept
-define timed_study
-	@start=$$(date +%s); \
-	$(PY) run.py -m experiment=$(2) && \
-	$(PY) run.py -m experiment=$(2)_sanity; status=$$?; \
-	printf '{"seconds": %d, "command": "make $(1)", "machine": "%s, %s cores"}\n' \
-	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" > $(3)/timing.json; \
-	$(4) && exit $$status
+# $(call timed,TARGET,FOLDER,COMMANDS): the shell list COMMANDS, its wall-clock time written to
+# FOLDER/timing.json (each part of the study times itself); the commands' exit status is kept. A
+# rerun (which skips the runs on disk) keeps the committed from-scratch timing and writes its own
+# to FOLDER/.timing_rerun.json, unless RETIME=1
+define timed
+	@start=$$(date +%s); mkdir -p $(2); ( $(3) ); status=$$?; \
+	out=$(2)/timing.json; if [ -f $$out ] && [ -z "$(RETIME)" ]; then out=$(2)/.timing_rerun.json; fi; \
+	printf '{"seconds": %d, "command": "make %s", "machine": "%s, %s cores"}\n' \
+	  $$(( $$(date +%s) - start )) "$(1)" "$$(uname -m)" "$$(nproc)" > $$out; echo "$(1): timing in $$out"; exit $$status
 endef
 
 STUDY := experiments/dropout_vs_early_stopping
+TUNED := experiments/dropout_vs_early_stopping_tuned
+AGREEMENT := experiments/dropout_vs_early_stopping_replicas
+TABLE9 := experiments/srivastava_table9
 BASELINES := experiments/mnist1d_baselines
 SIZE_AXIS := experiments/dropout_size_equal_steps
 size-axis: $(STAMP)   ## claim 5 at equal steps: none and dropout, tuned, at 250 .. 16000 training sequences (timed), and its report
-	@start=$$(date +%s); $(PY) run.py -m experiment=dropout_size_equal_steps; status=$$?; \
-	printf '{"seconds": %d, "command": "make size-axis", "machine": "%s, %s cores"}\n' \
-	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" > $(SIZE_AXIS)/timing.json; \
-	$(PY) $(SIZE_AXIS)/analysis.py $(SIZE_AXIS) && exit $$status
+	$(call timed,size-axis,$(SIZE_AXIS),$(PY) run.py -m experiment=dropout_size_equal_steps)
+	$(PY) $(SIZE_AXIS)/analysis.py $(SIZE_AXIS) > /dev/null
 
 baselines: $(STAMP)   ## the MNIST-1D benchmark's own protocol (4 models x 10 seeds, then the width and step probes) and its report
 	$(PY) run.py -m experiment=mnist1d_baselines
@@ -69,16 +72,23 @@ baselines: $(STAMP)   ## the MNIST-1D benchmark's own protocol (4 models x 10 se
 	$(PY) run.py -m experiment=mnist1d_baselines model=mlp,resmlp trainer.max_epochs=200
 	$(PY) $(BASELINES)/analysis.py $(BASELINES)
 
-study: $(STAMP)   ## the dropout-vs-early-stopping study from scratch (runs already on disk are skipped)
-	$(call timed_study,study,dropout_vs_early_stopping,$(STUDY),$(PY) $(STUDY)/analysis.py $(STUDY))
+study-fixed: $(STAMP)   ## the study's first design: 7 arms x 8 settings x 10 seeds at fixed strength, and its sanity sweep (timed)
+	$(call timed,study-fixed,$(STUDY),$(PY) run.py -m experiment=dropout_vs_early_stopping && $(PY) run.py -m experiment=dropout_vs_early_stopping_sanity)
 
-TUNED := experiments/tuned_mnist1d_mlp
-study-tuned: $(STAMP)   ## the tuned protocol on the MNIST-1D MLP (7 arms x 16 trials x 3 seeds + 7 x 20 final seeds), timed
-	@load0="$$(cut -d' ' -f1-3 /proc/loadavg)"; start=$$(date +%s); \
-	$(PY) run.py -m experiment=tuned_mnist1d_mlp; status=$$?; \
-	printf '{"seconds": %d, "command": "make study-tuned", "machine": "%s, %s cores", "loadavg_before": "%s", "loadavg_after": "%s"}\n' \
-	  $$(( $$(date +%s) - start )) "$$(uname -m)" "$$(nproc)" "$$load0" "$$(cut -d' ' -f1-3 /proc/loadavg)" > $(TUNED)/timing.json; \
-	exit $$status
+study-tuned: $(STAMP)   ## the study's verdicts: every arm tuned with the same declared budget on the MLP settings, then the conv ones (timed)
+	$(call timed,study-tuned,$(TUNED),$(PY) run.py -m experiment=dropout_vs_early_stopping_tuned && $(PY) run.py -m experiment=dropout_vs_early_stopping_tuned_conv)
+
+study-agreement: $(STAMP)   ## 3 fixed settings x 7 arms x 10 seeds again, stacked into populations (the engine-agreement check, timed)
+	$(call timed,study-agreement,$(AGREEMENT),$(PY) run.py -m experiment=dropout_vs_early_stopping_replicas)
+
+table9: $(STAMP)   ## Srivastava et al. Table 9 on the mnist5k digits: L2, max-norm, dropout + L2, dropout + max-norm, tuned (timed), and its report
+	$(call timed,table9,$(TABLE9),$(PY) run.py -m experiment=srivastava_table9 && $(PY) run.py -m experiment=srivastava_table9 regularizer=dropout_weight_decay$(,)maxnorm_dropout regularizer.dropout.input_p=0.2)
+	$(PY) $(TABLE9)/analysis.py $(TABLE9) > /dev/null
+
+# the whole study from scratch (runs already on disk are skipped): every part above, then the report
+study: study-fixed study-tuned study-agreement table9 size-axis   ## the dropout-vs-early-stopping study, all its parts, then its report
+	$(PY) -m regbench.tables --each $(TUNED) $(AGREEMENT) > /dev/null
+	$(PY) $(STUDY)/analysis.py $(STUDY)
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

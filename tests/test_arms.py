@@ -24,7 +24,8 @@ NEEDS = {
     "alpha_dropout": {"mlp", "resmlp", "cnn1d", "seed_cnn"}, "dropconnect": {"mlp", "resmlp", "seed_cnn"},
     "spatial_dropout": {"cnn1d", "seed_cnn"}, "dropblock": {"cnn1d", "seed_cnn"}, "drop_path": {"resmlp"},
 }
-for arm in ("dropout_early_stop", "scheduled_dropout", "early_dropout", "rdrop", "mc_dropout", "maxnorm_dropout"):
+for arm in ("dropout_early_stop", "scheduled_dropout", "early_dropout", "rdrop", "mc_dropout", "maxnorm_dropout",
+            "dropout_weight_decay"):
     NEEDS[arm] = NEEDS["dropout"]
 
 

@@ -113,7 +113,10 @@ def test_readme_has_every_claim_and_files(full):
         assert (d / name).is_file(), name
     assert "通过随机失活神经元来防止过拟合" in text and "return self.module(x)" in text
     assert "5400 s" in text and "2-core test box" in text and "python run.py -m experiment=X" in text
-    assert "not run" not in text.split("## Claim 1")[1].split("## Claim 2")[0]
+    claim1 = text.split("## Claim 1")[1].split("## Claim 2")[0]
+    fixed = [study.fields[k] for k in ("claim1_table", "claim1_gap_table", "claim1_variants_table")]
+    assert all(t in claim1 and "not run" not in t for t in fixed)
+    assert "not run" in study.fields["tuned_claim1_table"]      # no tuned records beside this study
 
 
 def test_numbers_shown_are_the_dataframe_values(full):

@@ -68,7 +68,8 @@ def expected_max(values, n_max: int, higher_is_better: bool = True) -> tuple[np.
     return sign * np.array(means), np.array(stds)
 
 
-def _keys(config: dict) -> list[str]:
+def tuned_keys(config: dict) -> list[str]:
+    """The config keys the tuned protocol searched for this run: the shared space, then its arm's."""
     from regbench.tuning.space import _leaves
 
     prot = _prot(config)
@@ -77,7 +78,7 @@ def _keys(config: dict) -> list[str]:
     return [k for k, _, _ in entries]
 
 
-def _get(config: dict, key: str):
+def config_get(config: dict, key: str):
     for part in key.split("."):
         config = config.get(part) if isinstance(config, dict) else None
     return config
@@ -95,7 +96,7 @@ def trials_table(tune: pd.DataFrame, metric: str) -> pd.DataFrame:
                      "model": g["model"].iloc[0], "trial": int(trial), "seeds": len(g), "seeds_ok": len(ok),
                      "score": float(ok[metric].mean()) if complete else math.nan,
                      "test_acc": float(ok["test/acc"].mean()) if len(ok) else math.nan,
-                     **{k: _get(c, k) for k in _keys(c)}})
+                     **{k: config_get(c, k) for k in tuned_keys(c)}})
     return pd.DataFrame(rows)
 
 
@@ -138,7 +139,7 @@ def write_tuning_report(runs: pd.DataFrame, out_dir: Path, baseline: str = "none
                "budget": f"{N} x {k}", "n_trials_scored": int(mine["score"].notna().sum()) if len(mine) else 0,
                "n_trials_failed": int(mine["score"].isna().sum()) if len(mine) else 0, "chosen_trial": str(t),
                f"tune_{tag(metric)}": float(mine.loc[mine["trial"] == t, "score"].iloc[0]) if len(mine) and (mine["trial"] == t).any() else math.nan,
-               "chosen": ", ".join(f"{key}={_fmt(_get(c, key))}" for key in _keys(c))}
+               "chosen": ", ".join(f"{key}={_fmt(config_get(c, key))}" for key in tuned_keys(c))}
         chosen_rows.append(row)
     chosen = pd.DataFrame(chosen_rows)
     if not chosen.empty:
