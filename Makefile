@@ -7,6 +7,8 @@ SWEEP  ?= regularizer=none,dropout,early_stop,dropout_early_stop seed=0,1,2
 # the sweep folder `make run` prints: SWEEP's name= and runs_root= when it sets them
 RUN_DIR = $(or $(patsubst runs_root=%,%,$(filter runs_root=%,$(SWEEP))),runs)/$(or $(patsubst name=%,%,$(filter name=%,$(SWEEP))),default)
 
+# the study's parts run one after another: side by side they would share the 2 cores and their timings
+.NOTPARALLEL:
 .PHONY: setup run test test-slow test-cluster tables bench study study-fixed study-tuned study-agreement table9 baselines size-axis clean
 , := ,
 
@@ -40,7 +42,8 @@ tables: $(STAMP)  ## regenerate the reports whose records changed (no training);
 	if [ -f $(STUDY)/per_arm.csv ]; then $(PY) $(STUDY)/analysis.py $(STUDY) $(if $(FORCE),,--if-changed); fi
 	if [ -f $(BASELINES)/per_arm.csv ]; then $(PY) $(BASELINES)/analysis.py $(BASELINES) > /dev/null; fi
 	if [ -f $(SIZE_AXIS)/per_arm.csv ]; then $(PY) $(SIZE_AXIS)/analysis.py $(SIZE_AXIS) > /dev/null; fi
-	if [ -d $(TABLE9) ]; then $(PY) $(TABLE9)/analysis.py $(TABLE9) > /dev/null; fi
+	if [ -n "$$(find $(TABLE9) -path '*/final/*' -name results.json -print -quit)" ]; then \
+	  $(PY) $(TABLE9)/analysis.py $(TABLE9) > /dev/null; fi
 
 bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> benchmarks/results.md
 	$(PY) benchmarks/bench.py
@@ -48,10 +51,11 @@ bench: $(STAMP)   ## speed ratios against baselines measured in the same run -> 
 # $(call timed,TARGET,FOLDER,COMMANDS): the shell list COMMANDS, its wall-clock time written to
 # FOLDER/timing.json (each part of the study times itself); the commands' exit status is kept. A
 # rerun (which skips the runs on disk) keeps the committed from-scratch timing and writes its own
-# to FOLDER/.timing_rerun.json, unless RETIME=1
+# to FOLDER/.timing_rerun.json, unless RETIME=1; so does a run that failed
 define timed
 	@start=$$(date +%s); mkdir -p $(2); ( $(3) ); status=$$?; \
-	out=$(2)/timing.json; if [ -f $$out ] && [ -z "$(RETIME)" ]; then out=$(2)/.timing_rerun.json; fi; \
+	out=$(2)/timing.json; if [ $$status -ne 0 ] || { [ -f $$out ] && [ -z "$(RETIME)" ]; }; then \
+	  out=$(2)/.timing_rerun.json; fi; \
 	printf '{"seconds": %d, "command": "make %s", "machine": "%s, %s cores"}\n' \
 	  $$(( $$(date +%s) - start )) "$(1)" "$$(uname -m)" "$$(nproc)" > $$out; echo "$(1): timing in $$out"; exit $$status
 endef

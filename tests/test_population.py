@@ -453,3 +453,29 @@ def test_gradient_clipping_bounds_each_replicas_own_step(small):
     unclipped.run_epoch(0)
     moved = torch.cat([unclipped.pop.params[k][0].detach().flatten() for k in unclipped.pop.params]) - before[0]
     assert moved.norm() > 0.1
+
+
+def test_rows_mode_follows_rates_edited_in_place_on_the_population_and_on_the_base():
+    """Rows mode caches its per-row rate tensor between calls (the thresholds live on it): an in-place
+    edit of the population's rates reaches the masks, and one of the per-row tensor the base holds is
+    undone (the population's rates are the truth)."""
+    from regbench.regularizers.layers import Dropout
+
+    def net():
+        lin = nn.Linear(200, 200)
+        with torch.no_grad():
+            lin.weight.copy_(torch.eye(200))
+            lin.bias.zero_()
+        return nn.Sequential(Dropout(0.5), lin)
+
+    pop = Population([net(), net()], rows=True)
+    x = torch.ones(1000, 200)
+    dropped = lambda: (pop.forward(x, shared=True) == 0).double().mean((1, 2))  # noqa: E731
+    assert (abs(dropped() - 0.5) < 0.01).all()                  # 200,000 units: SE 0.0011
+    k = pop.rate_buffers()[0]
+    pop._buffers[k].fill_(0.0)
+    assert (dropped() == 0).all()
+    pop._buffers[k].fill_(0.5)
+    assert (abs(dropped() - 0.5) < 0.01).all()
+    pop.base[0]._buffers["rate"].fill_(0.0)
+    assert (abs(dropped() - 0.5) < 0.01).all()

@@ -94,6 +94,9 @@ def test_flips_name_the_changed_outcome_and_the_reversal(tuned):
     assert "| better | " in changed[0] and "| worse | **yes** |" in changed[0]
     assert text.startswith("1 of ") and "1 of them reversed" in text
     assert "lr 0.003, p 0.2" in changed[0]           # the tuned choice, as the records hold it
+    # seed_cnn is tuned on 1000 digits, the fixed study's on 3500: not the same setting, not paired
+    assert not any(ln.startswith("| mnist5k/seed_cnn") for ln in text.splitlines())
+    assert "without a fixed-strength twin of the same training-set size: mnist5k/seed_cnn (n=1000)" in text
 
 
 def test_convergence_counts_best_epochs_late_in_the_cap(tuned):
@@ -177,3 +180,14 @@ def test_table9_reads_each_step_of_the_papers_order(tmp_path, order, verdict):
 
 def test_table9_without_records_is_not_run(tmp_path):
     assert T9.report(tmp_path) is None and T9.ordering_line(tmp_path).startswith("not run")
+
+
+def test_if_changed_rebuilds_when_a_sibling_folders_records_change(tuned, capsys):
+    d, _ = tuned
+    assert S.main([str(d), "--no-plots"]) == 0
+    assert S.main([str(d), "--no-plots", "--if-changed"]) == 0
+    assert "unchanged" in capsys.readouterr().out
+    record = next((d.parent / S.TUNED).rglob("results.json"))
+    record.write_text(record.read_text().replace('"seed": 1000', '"seed": 1000 ', 1) + "\n")
+    assert S.main([str(d), "--no-plots", "--if-changed"]) == 0
+    assert "unchanged" not in capsys.readouterr().out

@@ -691,19 +691,29 @@ def _sibling_module(name: str):
     return module
 
 
+def _sibling_report(folder: Path) -> Report | None:
+    """The generic tables of a sibling folder, in memory (its files are `make tables`' to write); None
+    when none of its records is readable."""
+    import tempfile
+
+    from regbench.reporting.report import NoRunsError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return write_report([folder], Path(tmp), baseline=BASELINE, metric=METRIC, plots=False)
+        except NoRunsError:
+            return None
+
+
 def tuned_study(folder: Path, fixed: Study) -> Study:
     """Claims 1-4 and calibration on the final-seed records of the tuned study in `folder` (each arm's
     chosen config on fresh seeds); without records every cell reads "not run"."""
     runs, report = fixed.runs.iloc[0:0], fixed.report
-    if _has_records(folder):
-        import tempfile
-
+    found = _sibling_report(folder) if _has_records(folder) else None
+    if found is not None:
         from regbench.reporting.tuning import roles
 
-        # the folder's own tables are `make tables`' (regbench.tables --each); here only the frames
-        with tempfile.TemporaryDirectory() as tmp:
-            report = write_report([folder], Path(tmp), baseline=BASELINE, metric=METRIC, plots=False)
-        runs = load_study_runs(folder)
+        report, runs = found, load_study_runs(folder)
         runs = runs[roles(runs) == "final"]
     study = Study(experiment_dir=folder, report=report, runs=runs,
                   main=[resolve(runs, s) for s in TUNED_SETTINGS], sizes=[])
@@ -712,9 +722,9 @@ def tuned_study(folder: Path, fixed: Study) -> Study:
     return study
 
 
-def _pairwise_rows(report: Report, contexts: list[Context]) -> dict[tuple[str, str, str], pd.Series]:
-    """(data, model, regularizer) -> its row against `none` in the pairwise table, in the config each
-    context stands for."""
+def _pairwise_rows(report: Report, contexts: list[Context]) -> dict[tuple[str, str, Any, str], pd.Series]:
+    """(data, model, training-set size, regularizer) -> its row against `none` in the pairwise table
+    (Holm over the arms of its setting), in the config each context stands for."""
     pw, out = report.pairwise, {}
     for ctx in contexts:
         if not ctx.ran:
@@ -723,7 +733,7 @@ def _pairwise_rows(report: Report, contexts: list[Context]) -> dict[tuple[str, s
                   & (pw["config"] == ctx.group_hash) & (pw["baseline"] == BASELINE)]
         for _, r in mine.iterrows():
             if r["regularizer"] == ctx.arm(r["regularizer"].split(" (")[0]):  # the arm the claims read
-                out[(ctx.setting.data, ctx.setting.model, r["regularizer"].split(" (")[0])] = r
+                out[(ctx.setting.data, ctx.setting.model, ctx.setting.wanted_size, r["regularizer"].split(" (")[0])] = r
     return out
 
 
@@ -731,8 +741,17 @@ def _diff_cell(r: pd.Series) -> str:
     return fmt_pp(r[f"{T}_diff_mean"], r["diff_ci95_low"], r["diff_ci95_high"])
 
 
-def _setting_of(ctxs: list[Context], data: str, model: str) -> Context | None:
-    return next((c for c in ctxs if (c.setting.data, c.setting.model) == (data, model) and c.ran), None)
+def _setting_of(ctxs: list[Context], data: str, model: str, size: Any) -> Context | None:
+    return next((c for c in ctxs if (c.setting.data, c.setting.model, c.setting.wanted_size) == (data, model, size)
+                 and c.ran), None)
+
+
+def _seeds_and_lr(study: Study) -> str:
+    ran = [c for c in study.main if c.ran]
+    seeds = sorted({len(set(c.runs[c.runs["arm"] == a]["seed"])) for c in ran for a in c.runs["arm"].unique()})
+    lrs = sorted({lookup(cfg, "optim", "lr") for c in ran for cfg in c.runs["config"]} - {None})
+    return (f"{'-'.join(map(str, (seeds[0], seeds[-1]) if seeds[0] != seeds[-1] else seeds[:1]))} seeds an arm, "
+            f"Adam lr {', '.join(_val(v) for v in lrs[:3])}{' ...' if len(lrs) > 3 else ''}") if seeds else "–"
 
 
 def _chosen(ctx: Context, arm: str) -> str:
@@ -767,23 +786,28 @@ def flips_section(fixed: Study, tuned: Study) -> str:
     if not keys:
         return f"{NOT_RUN}: no setting has both fixed-strength and tuned records."
     rows, changed, reversals = [], 0, 0
-    for data, model, arm in keys:
-        a, b = fx[(data, model, arm)]["verdict"], tu[(data, model, arm)]["verdict"]
-        tctx, fctx = _setting_of(tuned.main, data, model), _setting_of(fixed.main, data, model)
+    for data, model, size, arm in keys:
+        key = (data, model, size, arm)
+        a, b = fx[key]["verdict"], tu[key]["verdict"]
+        tctx, fctx = _setting_of(tuned.main, data, model, size), _setting_of(fixed.main, data, model, size)
         label = tctx.arm(arm)
         searched = tuned_keys(tctx.runs[tctx.runs["arm"] == label]["config"].iloc[0]) if label else []
         flip = a != b
         changed += flip
         reversals += {a, b} == {"better", "worse"}
-        rows.append([f"{data}/{model}", arm, _diff_cell(fx[(data, model, arm)]), a, _diff_cell(tu[(data, model, arm)]),
+        rows.append([tctx.setting.label, arm, _diff_cell(fx[key]), a, _diff_cell(tu[key]),
                      b, "**yes**" if flip else "no", _fixed_values(fctx, arm, searched), _chosen(tctx, arm)])
     table = md_table(["setting", "arm", "fixed: arm − none, pp [95% CI]", "fixed", "tuned: arm − none, pp [95% CI]",
                       "tuned", "changed", "fixed strength", "tuned choice"], rows)
+    unpaired = sorted({tuned_ctx.setting.label for tuned_ctx in tuned.main if tuned_ctx.ran}
+                      - {_setting_of(tuned.main, *k[:3]).setting.label for k in keys})
     return (f"{changed} of {len(rows)} outcomes against `none` changed when every arm (and `none`) was tuned "
-            f"with the same budget; {reversals} of them reversed (`better` against `worse`). The fixed "
-            f"study ran 10 seeds at one strength with Adam lr 1e-2; the tuned one 20 fresh seeds at the "
-            f"chosen values (the last two columns: the searched keys, at fixed strength and as chosen).\n\n"
-            + table)
+            f"with the same budget; {reversals} of them reversed (`better` against `worse`). Fixed strength: "
+            f"{_seeds_and_lr(fixed)}; tuned: {_seeds_and_lr(tuned)} (the last two columns: the searched keys, "
+            f"at fixed strength and as chosen). Outcomes as in each folder's pairwise.md: Holm over the arms of "
+            f"a setting (the claim tables above hold their own families, so a cell can differ from its claim's)."
+            + (f" Tuned settings without a fixed-strength twin of the same training-set size: "
+               f"{', '.join(unpaired)}." if unpaired else "") + "\n\n" + table)
 
 
 def tuned_protocol_section(tuned: Study) -> str:
@@ -863,13 +887,12 @@ def agreement_section(fixed: Study, rerun_dir: Path) -> str:
     grouping reproduces; `better` against `worse` is a defect and is named."""
     if not _has_records(rerun_dir):
         return f"{NOT_RUN}: no records in {rerun_dir.name}/ (`python run.py -m experiment={AGREEMENT}`)."
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        report = write_report([rerun_dir], Path(tmp), baseline=BASELINE, metric=METRIC, plots=False)
+    report = _sibling_report(rerun_dir)
+    if report is None:
+        return f"{NOT_RUN}: no readable record in {rerun_dir.name}/."
     runs = load_study_runs(rerun_dir)
     ctxs = [resolve(runs, s) for s in MAIN_SETTINGS]
-    fx, re_ = _pairwise_rows(fixed.report, fixed.main), _pairwise_rows(report, ctxs)
+    fx, re_ = _pairwise_rows(fixed.report, fixed.main), _pairwise_rows(report, ctxs)  # Holm over a setting's arms
     keys = [k for k in fx if k in re_]
     if not keys:
         return f"{NOT_RUN}: the rerun shares no (setting, arm) with the study."
@@ -878,10 +901,10 @@ def agreement_section(fixed: Study, rerun_dir: Path) -> str:
         a, b = fx[key]["verdict"], re_[key]["verdict"]
         agree += a == b
         if {a, b} == {"better", "worse"}:
-            defects.append(f"{key[0]}/{key[1]} {key[2]}")
+            defects.append(f"{key[0]}/{key[1]} {key[3]}")
         elif a != b:
             soft += 1
-        rows.append([f"{key[0]}/{key[1]}", key[2], _diff_cell(fx[key]), a, _diff_cell(re_[key]), b,
+        rows.append([f"{key[0]}/{key[1]}", key[3], _diff_cell(fx[key]), a, _diff_cell(re_[key]), b,
                      "yes" if a == b else "**no**"])
     engines = sorted({str(lookup(read_record(p), "extra", "engine")) for p in runs["path"]})
     head = (f"{agree} of {len(keys)} outcomes agree ({100 * agree / len(keys):.0f}%); {soft} disagreement(s) involve "
@@ -927,7 +950,7 @@ def build_study(experiment_dir: str | Path, *, plots: bool = True) -> Study:
     _sanity(study)
     _calibration(study)
     # the verdicts: the tuned study (sibling folders of this one), its sections beside the fixed ones
-    root = experiment_dir.parent
+    root = experiment_dir.resolve().parent
     tuned = study.tuned = tuned_study(root / TUNED, study)
     f.update({f"tuned_{k}": v for k, v in tuned.fields.items()})
     f["tuned_overview"] = (overview_section(tuned.runs, tuned.main, ARMS) if len(tuned.runs)
@@ -995,7 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
     # analysis code join the fingerprint, so `--if-changed` rebuilds when any of them changes
     given = list(sys.argv[1:] if argv is None else argv)
     args = [a for i, a in enumerate(given) if not a.startswith("-") and (i == 0 or given[i - 1] != "--template")]
-    root = Path(args[0]).parent if args else HERE.parent
+    root = Path(args[0]).resolve().parent if args else HERE.parent
     siblings = (TUNED, AGREEMENT, SIZE_AXIS, TABLE9)
     h = hashlib.sha256(b"".join(p.read_bytes() for name in (HERE.name, *siblings)
                                 for p in sorted((HERE.parent / name).glob("*.py"))))

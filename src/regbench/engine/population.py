@@ -227,10 +227,12 @@ class Population:
             src = self._buffers[k]
             held = getattr(layer, "_rows_rate_of", None)
             # the per-row tensor is rebuilt only when the rates or the batch size change, so the noise
-            # can keep its thresholds on it (layers._row_rate_plan)
-            if held is None or held[0] is not src or held[1] != (B, src._version):
-                layer._rows_rate_of = (src, (B, src._version), src.repeat_interleave(B).unsqueeze(1))
-            layer._buffers["rate"] = layer._rows_rate_of[2]
+            # can keep its thresholds on it (layers._row_rate_plan); an in-place edit of either tensor
+            # (a layer's `p` set on the base writes into the per-row one) rebuilds it too
+            if held is None or held[0] is not src or held[1] != (B, src._version, held[2]._version):
+                rows = src.repeat_interleave(B).unsqueeze(1)
+                held = layer._rows_rate_of = (src, (B, src._version, rows._version), rows)
+            layer._buffers["rate"] = held[2]
         out = base(x.reshape(S * B, *x.shape[2:]))
         return out.view(S, B, *out.shape[1:])
 

@@ -294,8 +294,8 @@ def _row_rate_noise(shape: torch.Size, p: torch.Tensor, dtype: torch.dtype, devi
     0 and 1 included) each element takes 8 random bits, as ``_noise`` does for such a rate; otherwise
     16 bits, dropped iff the word is below ``round(p * 65536)`` (clamped to 1..65535 for 0 < p < 1, as
     ``_quantise``). Kept elements are scaled by ``1 / (1 - p')``; ``p = 1`` gives zeros. So each
-    element is dropped at exactly ``realised_drop_rate`` of its rate, and a block of rows at one rate
-    draws the very mask ``_noise`` draws from the same generator state."""
+    element is dropped at exactly ``realised_drop_rate`` of its (float32) rate, and a block of rows at
+    one rate draws the very mask ``_noise`` draws from the same generator state."""
     bits, lo, scale = _row_rate_plan(p)
     per_word = 64 // bits
     n = shape.numel()
@@ -321,7 +321,8 @@ def _row_rate_plan(p: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
     t = (p.float() * 65536.0).round()
     t = torch.where((p > 0) & (p < 1), t.clamp(1.0, 65535.0), t)
     scale = torch.where(t < 65536.0, 65536.0 / (65536.0 - t), 0.0)   # p = 1: noise 0
-    if bool((t.remainder(256.0) == 0).all()):   # every p' a multiple of 1/256: 8-bit words suffice
+    scaled = p.float() * 256.0
+    if bool((scaled == scaled.round()).all()):   # as _quantise: every p a multiple of 1/256, 8-bit words
         out = (8, (t / 256.0).clamp(max=255.0).to(torch.uint8), scale)
     else:
         out = (16, (t - 32768.0).clamp(max=32767.0).to(torch.int16), scale)
