@@ -191,3 +191,15 @@ def test_if_changed_rebuilds_when_a_sibling_folders_records_change(tuned, capsys
     record.write_text(record.read_text().replace('"seed": 1000', '"seed": 1000 ', 1) + "\n")
     assert S.main([str(d), "--no-plots", "--if-changed"]) == 0
     assert "unchanged" not in capsys.readouterr().out
+
+
+def test_cost_sums_the_parts_timings_and_names_the_missing_ones(tmp_path):
+    import json
+
+    for name, sec in (("study", 3600), (S.TUNED, 5400)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "timing.json").write_text(json.dumps({"seconds": sec, "command": f"make {name}"}))
+    text = S.cost_section(tmp_path, "study")
+    assert text.startswith("Sum of the recorded parts: 9000 s (2.50 h; not recorded: engine agreement, Table 9, "
+                           "claim 5 at equal steps), against the 3 h")
+    assert "| tuned | `dropout_vs_early_stopping_tuned/` | 5400 | make dropout_vs_early_stopping_tuned |" in text

@@ -917,6 +917,33 @@ def agreement_section(fixed: Study, rerun_dir: Path) -> str:
                                      "rerun: arm − none, pp [95% CI]", "rerun", "agree"], rows)
 
 
+COST_LIMIT_HOURS = 3.0  # issue 16: `make study` from scratch on the 2-core reference machine
+
+
+def cost_section(root: Path, study_name: str) -> str:
+    """Each part's wall-clock time as its timing.json gives it, and their sum against COST_LIMIT_HOURS."""
+    import json
+
+    parts = [("fixed strength and sanity", study_name), ("tuned", TUNED), ("engine agreement", AGREEMENT),
+             ("Table 9", TABLE9), ("claim 5 at equal steps", SIZE_AXIS)]
+    rows, total, missing = [], 0.0, []
+    for what, name in parts:
+        try:
+            t = json.loads((root / name / "timing.json").read_text())
+            sec = float(t["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            rows.append([what, f"`{name}/`", "not recorded", "–", "–"])
+            missing.append(what)
+            continue
+        total += sec
+        rows.append([what, f"`{name}/`", f"{sec:.0f}", str(t.get("command", "–")), str(t.get("note", ""))])
+    table = md_table(["part", "folder", "seconds", "command", "note"], rows, right={2})
+    verdict = (f"Sum of the recorded parts: {total:.0f} s ({total / 3600:.2f} h"
+               + (f"; not recorded: {', '.join(missing)}" if missing else "")
+               + f"), against the {COST_LIMIT_HOURS:g} h the study may take from scratch on the 2-core machine.")
+    return verdict + "\n\n" + table
+
+
 def table9_line(table9_dir: Path) -> str:
     if not _has_records(table9_dir):
         return f"{NOT_RUN} (no records in {table9_dir.name}/; `make table9`)"
@@ -956,7 +983,6 @@ def build_study(experiment_dir: str | Path, *, plots: bool = True) -> Study:
     f["tuned_overview"] = (overview_section(tuned.runs, tuned.main, ARMS) if len(tuned.runs)
                            else f"{NOT_RUN}: no final records in {TUNED}/.")
     f["tuned_health"] = health_section(tuned.report, tuned.runs) if len(tuned.runs) else NOT_RUN
-    f["tuned_timing"] = timing_section(root / TUNED)
     f["tuned_claim5_trend"], f["tuned_claim5_verdict"], tuned.verdicts["claim5"] = claim5_tuned(root / SIZE_AXIS)
     tuned.verdicts["claim6"] = study.verdicts["claim6"]
     f["flips"] = flips_section(study, tuned)
@@ -964,6 +990,7 @@ def build_study(experiment_dir: str | Path, *, plots: bool = True) -> Study:
     f["tuned_protocol"] = tuned_protocol_section(tuned)
     f["agreement"] = agreement_section(study, root / AGREEMENT)
     f["table9"] = table9_line(root / TABLE9)
+    f["cost"] = cost_section(root, experiment_dir.resolve().name)
     f["summary"] = _summary(tuned, study)
     if plots:
         p = write_size_plot(study.size_series, experiment_dir / SIZE_PLOT)
