@@ -594,6 +594,10 @@ def train_members(rcs: list[RunConfig], dirs: list[Path], data_keys: list[str], 
     rc0 = rcs[0]
     if rc0.trainer.threads:
         torch.set_num_threads(rc0.trainer.threads)
+    # subnormal floats flushed to zero (x86 FTZ/DAZ, where the CPU has it): without it a weight-decay
+    # population on mnist5k ran 14x slower (382.6 s against 27.4 s for 170 epochs of 3 replicas, the
+    # same val/acc), its arithmetic stalled on values below 1.2e-38 that change no reported number
+    torch.set_flush_denormal(True)
     device = pick_device(rc0.trainer.accelerator)
     if data is None:
         data = build_data(rc0.data.name, **split_kwargs({k: getattr(rc0.data, k) for k in data_keys}, rc0.seed))
