@@ -213,20 +213,23 @@ def test_row_wise_models_fold_their_replicas_into_one_batch_and_the_others_run_u
         assert not Population(nets).rows
 
 
+def dropout_then_identity() -> nn.Module:
+    """Dropout(0.5) on 200 units, then the identity map (a population needs a parameter to stack): its
+    output is zero exactly where a unit was dropped."""
+    from regbench.regularizers.layers import Dropout
+
+    lin = nn.Linear(200, 200)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(200))
+        lin.bias.zero_()
+    return nn.Sequential(Dropout(0.5), lin)
+
+
 @pytest.mark.parametrize("rows", [True, False], ids=["rows", "vmap"])
 def test_a_schedule_reaches_every_replica_once_the_population_has_run(rows):
     """set_rates after a first forward (as a schedule does between epochs): each replica then drops at
     its new rate, in rows mode too (whose bound tensors must follow)."""
-    from regbench.regularizers.layers import Dropout
-
-    def net():  # dropout, then the identity map (a population needs a parameter to stack)
-        lin = nn.Linear(200, 200)
-        with torch.no_grad():
-            lin.weight.copy_(torch.eye(200))
-            lin.bias.zero_()
-        return nn.Sequential(Dropout(0.5), lin)
-
-    pop = Population([net(), net()], rows=rows)
+    pop = Population([dropout_then_identity(), dropout_then_identity()], rows=rows)
     assert pop.rows == rows
     x = torch.ones(1000, 200)
     pop.forward(x, shared=True)
@@ -459,16 +462,7 @@ def test_rows_mode_follows_rates_edited_in_place_on_the_population_and_on_the_ba
     """Rows mode caches its per-row rate tensor between calls (the thresholds live on it): an in-place
     edit of the population's rates reaches the masks, and one of the per-row tensor the base holds is
     undone (the population's rates are the truth)."""
-    from regbench.regularizers.layers import Dropout
-
-    def net():
-        lin = nn.Linear(200, 200)
-        with torch.no_grad():
-            lin.weight.copy_(torch.eye(200))
-            lin.bias.zero_()
-        return nn.Sequential(Dropout(0.5), lin)
-
-    pop = Population([net(), net()], rows=True)
+    pop = Population([dropout_then_identity(), dropout_then_identity()], rows=True)
     x = torch.ones(1000, 200)
     dropped = lambda: (pop.forward(x, shared=True) == 0).double().mean((1, 2))  # noqa: E731
     assert (abs(dropped() - 0.5) < 0.01).all()                  # 200,000 units: SE 0.0011

@@ -473,17 +473,9 @@ def _claim5(study: Study) -> None:
     else:
         (n_small, small), (n_large, large) = diffs[0], diffs[-1]
         with stats._quiet():
-            p = float(sps.ttest_ind(small, large, equal_var=False).pvalue)
             rho = float(sps.spearmanr([n for n, _ in diffs], [d.mean() for _, d in diffs]).statistic) \
                 if len(diffs) >= 3 else math.nan
-        gap = small.mean() - large.mean()
-        p_eq = stats.tost_pvalue(small, large, stats.EQUIVALENCE_MARGIN, paired=False)
-        if not is_nan(p) and p < stats.ALPHA:
-            cat = "supported" if gap > 0 else "contradicted"
-        elif not is_nan(p_eq) and p_eq < stats.ALPHA:
-            cat = "no effect"
-        else:
-            cat = "inconclusive"
+        gap, p, p_eq, cat = size_trend(small, large)
         f["claim5_trend"] = (
             f"Benefit of dropout (mean per-seed dropout − none) at n={n_small}: {fmt_pp(small.mean())} pp "
             f"({small.size} seeds); at n={n_large}: {fmt_pp(large.mean())} pp ({large.size} seeds); "
@@ -498,6 +490,19 @@ def _claim5(study: Study) -> None:
         f"![dropout − none vs training-set size]({SIZE_PLOT})" if series[DROPOUT]
         else f"No plot: no training-set size with both a `{DROPOUT}` and a `{BASELINE}` arm.")
     study.size_series = series
+
+
+def size_trend(small: np.ndarray, large: np.ndarray) -> tuple[float, float, float, str]:
+    """Claim 5's rule on the per-seed benefits of dropout at the smallest and the largest size: (benefit
+    gap, Welch p, TOST p, category): supported / contradicted when Welch's p < alpha, no effect when
+    TOST shows the gap within the margin, else inconclusive."""
+    with stats._quiet():
+        p = float(sps.ttest_ind(small, large, equal_var=False).pvalue)
+    p_eq = stats.tost_pvalue(small, large, stats.EQUIVALENCE_MARGIN, paired=False)
+    gap = float(small.mean() - large.mean())
+    if not is_nan(p) and p < stats.ALPHA:
+        return gap, p, p_eq, "supported" if gap > 0 else "contradicted"
+    return gap, p, p_eq, "no effect" if not is_nan(p_eq) and p_eq < stats.ALPHA else "inconclusive"
 
 
 def write_size_plot(series: dict[str, list[tuple[int, float, float, float]]], path: Path) -> Path | None:
@@ -754,23 +759,20 @@ def _seeds_and_lr(study: Study) -> str:
             f"Adam lr {', '.join(_val(v) for v in lrs[:3])}{' ...' if len(lrs) > 3 else ''}") if seeds else "–"
 
 
-def _chosen(ctx: Context, arm: str) -> str:
-    """The values the tuned protocol chose for arm `arm` here (the keys it searched)."""
-    from regbench.reporting.tuning import config_get, tuned_keys
-
+def _config_of(ctx: Context, arm: str) -> dict | None:
     label = ctx.arm(arm)
-    if label is None:
-        return "–"
-    c = ctx.runs[ctx.runs["arm"] == label]["config"].iloc[0]
-    return ", ".join(f"{k.split('.')[-1]} {_val(config_get(c, k))}" for k in tuned_keys(c))
+    return None if label is None else ctx.runs[ctx.runs["arm"] == label]["config"].iloc[0]
 
 
-def _fixed_values(ctx: Context, arm: str, keys: list[str]) -> str:
-    label = ctx.arm(arm)
-    if label is None:
+def _values(ctx: Context, arm: str, keys: list[str] | None = None) -> str:
+    """Arm `arm`'s values here of config `keys` (None: the keys the tuned protocol searched for it)."""
+    from regbench.reporting.tuning import tuned_keys
+
+    c = _config_of(ctx, arm)
+    if c is None:
         return "–"
-    c = ctx.runs[ctx.runs["arm"] == label]["config"].iloc[0]
-    return ", ".join(f"{k.split('.')[-1]} {_val(lookup(c, *k.split('.')))}" for k in keys)
+    return ", ".join(f"{k.split('.')[-1]} {_val(lookup(c, *k.split('.')))}"
+                     for k in (tuned_keys(c) if keys is None else keys))
 
 
 def _val(v: Any) -> str:
@@ -790,13 +792,13 @@ def flips_section(fixed: Study, tuned: Study) -> str:
         key = (data, model, size, arm)
         a, b = fx[key]["verdict"], tu[key]["verdict"]
         tctx, fctx = _setting_of(tuned.main, data, model, size), _setting_of(fixed.main, data, model, size)
-        label = tctx.arm(arm)
-        searched = tuned_keys(tctx.runs[tctx.runs["arm"] == label]["config"].iloc[0]) if label else []
+        tuned_config = _config_of(tctx, arm)
+        searched = tuned_keys(tuned_config) if tuned_config is not None else []
         flip = a != b
         changed += flip
         reversals += {a, b} == {"better", "worse"}
         rows.append([tctx.setting.label, arm, _diff_cell(fx[key]), a, _diff_cell(tu[key]),
-                     b, "**yes**" if flip else "no", _fixed_values(fctx, arm, searched), _chosen(tctx, arm)])
+                     b, "**yes**" if flip else "no", _values(fctx, arm, searched), _values(tctx, arm)])
     table = md_table(["setting", "arm", "fixed: arm − none, pp [95% CI]", "fixed", "tuned: arm − none, pp [95% CI]",
                       "tuned", "changed", "fixed strength", "tuned choice"], rows)
     unpaired = sorted({tuned_ctx.setting.label for tuned_ctx in tuned.main if tuned_ctx.ran}
@@ -870,12 +872,7 @@ def claim5_tuned(size_dir: Path) -> tuple[str, str, str]:
     if len(usable) < 2:
         return table, f"**{NOT_RUN}**", NOT_RUN
     small, large = gains[usable[0]], gains[usable[-1]]
-    with stats._quiet():
-        p = float(sps.ttest_ind(small, large, equal_var=False).pvalue)
-    p_eq = stats.tost_pvalue(small, large, stats.EQUIVALENCE_MARGIN, paired=False)
-    gap = small.mean() - large.mean()
-    cat = (("supported" if gap > 0 else "contradicted") if p < stats.ALPHA else
-           "no effect" if not is_nan(p_eq) and p_eq < stats.ALPHA else "inconclusive")
+    gap, p, p_eq, cat = size_trend(small, large)
     trend = (f"{table}\n\nBenefit at n={usable[0]} minus benefit at n={usable[-1]}: {fmt_pp(gap)} pp, Welch p = "
              f"{fmt_p(p)}, TOST (±{100 * stats.EQUIVALENCE_MARGIN:g} pp) p = {fmt_p(p_eq)}.")
     return trend, f"**{cat}** (benefit at the smallest size minus that at the largest: {fmt_pp(gap)} pp, " \

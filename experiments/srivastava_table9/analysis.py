@@ -33,8 +33,6 @@ HERE = Path(__file__).resolve().parent
 # the paper's rows, worst first: (arm, the paper's name, its test error %)
 PAPER = (("weight_decay", "L2", 1.62), ("maxnorm", "max-norm", 1.35),
          ("dropout_weight_decay", "dropout + L2", 1.25), ("maxnorm_dropout", "dropout + max-norm", 1.05))
-TUNED_KEYS = {"optim.lr": "lr", "regularizer.weight_decay": "L2", "regularizer.maxnorm": "c",
-              "regularizer.dropout.p": "p", "regularizer.dropout.input_p": "input p"}
 
 
 def final_runs(folder: Path):
@@ -43,9 +41,13 @@ def final_runs(folder: Path):
 
 
 def chosen(config: dict) -> str:
-    return ", ".join(f"{name} {v:.3g}" for key, name in TUNED_KEYS.items()
-                     if isinstance(v := lookup(config, *key.split(".")), (int, float)) and not isinstance(v, bool)
-                     and (key != "regularizer.dropout.input_p" or v))
+    """The values the arm's search chose (the keys it searched), and its fixed input dropout."""
+    from regbench.reporting.tuning import tuned_keys
+
+    keys = tuned_keys(config) + (["regularizer.dropout.input_p"]
+                                 if lookup(config, "regularizer", "dropout", "input_p") else [])
+    values = ((k.split(".")[-1], lookup(config, *k.split("."))) for k in keys)
+    return ", ".join(f"{name} {v:.3g}" for name, v in values if isinstance(v, (int, float)))
 
 
 def per_seed(runs, arm: str) -> dict:
