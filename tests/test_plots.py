@@ -111,3 +111,33 @@ def test_figures_are_bounded_labelled_by_setting_and_titled_within_the_page(figu
     for ax in figures["sizes/intervals"].axes:
         lo, hi = ax.get_xlim()
         assert 0 <= lo and hi <= 1
+
+
+def test_a_tuned_arms_tick_rounds_its_chosen_values_and_keeps_its_panel_on_the_page(tmp_path, monkeypatch):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from regbench.reporting import plots
+
+    assert plots.arm_tick("maxnorm_dropout (dropout.p=0.09844710947480101, maxnorm=3.7430843262921614)") == \
+        "maxnorm_dropout\n(dropout.p=0.0984, maxnorm=3.74)"
+    assert plots.arm_tick("weight_decay (weight_decay=1e-05)") == "weight_decay\n(weight_decay=1e-05)"
+    kept = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: kept.setdefault(path.stem, fig) and [path])
+    # one setting, dropout at two tuned rates: the arms are labelled by their full-precision p
+    recs = [make_record(seed=s, acc=0.6 + 0.01 * s, regularizer=arm, group_hash="g0",
+                        config={"seed": s, "data": {"name": "mnist1d"}, "model": {"name": "mlp"},
+                                "regularizer": {"name": arm, "dropout": {"p": p}}})
+            for s in range(3)
+            for arm, p in (("dropout", 0.15205045388782884), ("dropout", 0.2941162624954094), ("none", 0.0))]
+    write_runs(tmp_path / "tuned", recs)
+    write_report([tmp_path / "tuned"], tmp_path / "tuned")
+    fig = kept["intervals"]
+    FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    for ax in (a for a in fig.axes if a.get_visible()):
+        assert ax.get_window_extent().width > 0.1 * fig.bbox.width      # the panel has room to draw
+        for t in ax.get_yticklabels():
+            box = t.get_window_extent()
+            assert box.x0 >= 0 and "0.15205" not in t.get_text()
+    ticks = [t.get_text() for ax in fig.axes if ax.get_visible() for t in ax.get_yticklabels()]
+    assert "dropout\n(dropout.p=0.152)" in ticks

@@ -11,6 +11,7 @@ stay in [0, 1] and loss bands never go below 0.
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -88,6 +89,16 @@ def _plain(v: str | None) -> str:
     if v is None or v == "null":
         return "all"
     return v.strip('"')
+
+
+_DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?:e[-+]?\d+)?")
+
+
+def arm_tick(label: str) -> str:
+    """An arm's label as a tick: its settings on a second line, numbers to 3 significant digits (a tuned
+    arm's label carries the chosen floats in full, which left its panel no width)."""
+    short = _DECIMAL.sub(lambda m: f"{float(m.group()):.3g}", label)
+    return short.replace(" (", "\n(", 1)
 
 
 def _colors(per_arm: pd.DataFrame) -> dict[str, str]:
@@ -227,7 +238,7 @@ def intervals(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, metric: str
             else:
                 ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt="o",
                             color=colors[r["regularizer"]], capsize=3)
-        ax.set_yticks(range(len(rows)), list(rows["regularizer"]), fontsize=8)
+        ax.set_yticks(range(len(rows)), [arm_tick(a) for a in rows["regularizer"]], fontsize=8)
         ax.set_ylim(-0.5, len(rows) - 0.5)
         ax.invert_yaxis()
         ax.set_xlabel(metric)
@@ -235,7 +246,7 @@ def intervals(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path, metric: str
             _bound(ax, 0.0, 1.0, axis="x")
         elif metric.endswith("/loss"):
             _bound(ax, 0.0, None, axis="x")
-        ax.set_title(names[ctx], fontsize=9)
+        ax.set_title(textwrap.fill(names[ctx], 40), fontsize=9)  # long context labels: two lines, not clipped
     return _save(fig, path)
 
 
@@ -255,12 +266,12 @@ def gap(runs: pd.DataFrame, per_arm: pd.DataFrame, path: Path) -> Path:
                 ax.barh([y], [r["train_minus_test_acc_mean"]], color=colors[r["regularizer"]], alpha=0.6)
             ax.plot(vals, np.full(vals.size, y), ".", color="black", ms=4)
         ax.axvline(0, color="gray", lw=0.8)
-        ax.set_yticks(range(len(rows)), list(rows["regularizer"]), fontsize=8)
+        ax.set_yticks(range(len(rows)), [arm_tick(a) for a in rows["regularizer"]], fontsize=8)
         ax.set_ylim(-0.5, len(rows) - 0.5)
         ax.invert_yaxis()
         ax.set_xlabel("train/acc - test/acc")
         _bound(ax, -1.0, 1.0, axis="x")
-        ax.set_title(names[ctx], fontsize=9)
+        ax.set_title(textwrap.fill(names[ctx], 40), fontsize=9)  # long context labels: two lines, not clipped
     return _save(fig, path)
 
 
