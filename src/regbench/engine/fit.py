@@ -109,19 +109,24 @@ def _vector(values: Sequence[float], device) -> torch.Tensor:
 
 
 def make_optimizer(pop: Population, name: str, lr: Sequence[float], weight_decay: Sequence[float],
-                   momentum: Sequence[float]):
+                   momentum: Sequence[float], fused: bool = True):
     """The population's optimizer. Replicas that share lr, weight decay and momentum get torch's own
     Adam / SGD on the stacked tensors (elementwise, so each row is its replica's separate optimizer;
     fused, ~4x faster per step than the per-replica one at S = 50, benchmarks/bench_stacked_optim.py);
     otherwise engine/optim.py's StackedOptimizer with [S] vectors (float64, so each replica's lr is
-    the float its config gives, not float32's nearest)."""
+    the float its config gives, not float32's nearest).
+
+    ``fused=False``: torch's default implementation even for a stacked population, which rounds as a
+    plain loop does (tests of exactness use it; the fused kernel computes the same update with other
+    roundings, which Adam amplifies: on an AMD EPYC host a replica's epoch loss parted from its plain
+    loop's by 1.6e-4 one epoch in, while the unfused one stayed within 4e-7)."""
     from regbench.engine.optim import StackedOptimizer
 
     if name not in ("adam", "sgd"):
         raise NotStackable(f"optimizer {name!r} is not stacked (adam, sgd)")
     if len(set(lr)) == 1 and len(set(weight_decay)) == 1 and (name == "adam" or len(set(momentum)) == 1):
         return SharedOptimizer(pop.leaves(), name, float(lr[0]), float(weight_decay[0]), pop.decayed(),
-                               float(momentum[0]), stacked=pop.stacked)
+                               float(momentum[0]), stacked=pop.stacked, fused=fused)
     device = pop.device
     vec = lambda v: torch.tensor([float(x) for x in v], dtype=torch.float64, device=device)  # noqa: E731
     return StackedOptimizer(pop.leaves(), name, lr=vec(lr), weight_decay=vec(weight_decay), decay=pop.decayed(),
@@ -133,9 +138,10 @@ class SharedOptimizer:
     their optimizer hyperparameters; the same small interface as StackedOptimizer."""
 
     def __init__(self, params: dict[str, torch.Tensor], name: str, lr: float, weight_decay: float,
-                 decay: set[str], momentum: float, stacked: bool = True):
+                 decay: set[str], momentum: float, stacked: bool = True, fused: bool = True):
         self.name, self.lr, self.weight_decay, self.decay, self.momentum = name, lr, weight_decay, decay, momentum
         self.stacked = stacked  # False: the parameters are one module's own (a population of one)
+        self.fused = fused and stacked
         self.opt = self._build(params)
 
     def _build(self, params: dict[str, torch.Tensor]):
@@ -144,10 +150,10 @@ class SharedOptimizer:
                   {"params": [params[k] for k in self.names if k not in self.decay], "weight_decay": 0.0}]
         make = (lambda **kw: torch.optim.Adam(groups, lr=self.lr, **kw)) if self.name == "adam" else (
             lambda **kw: torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, **kw))
-        if not self.stacked:
-            # a population of one is an ordinary run: torch's default implementation, the plain loop's own,
-            # so its trajectory stays equal to a plain PyTorch loop's (the fused kernel rounds differently,
-            # and Adam amplifies last-bit differences until, ~8 epochs on, the losses part by 1e-3 and more)
+        if not self.fused:
+            # a population of one (an ordinary run), or fused=False: torch's default implementation, the plain
+            # loop's own, so its trajectory stays equal to a plain PyTorch loop's (the fused kernel rounds
+            # differently, and Adam amplifies last-bit differences until the losses part by 1e-3 and more)
             return make()
         try:
             return make(fused=True)  # one pass per tensor instead of ~10; the same update up to rounding
@@ -262,12 +268,14 @@ class Training:
     ``reseed``: draw the population's noise from a stream seeded by its members (S > 1); a
     population of one keeps the global generator, which ``seed_everything`` seeded for its run.
     ``rows``: rows mode where the model allows it (False: vmap; tests compare the two).
+    ``fused``: the fused optimizer kernel for stacked replicas (False: torch's default, rounding as a
+    plain loop does; ``make_optimizer``).
     """
 
     def __init__(self, nets: list[torch.nn.Module], replicas: Sequence[Replica], data: DataSplits, *,
                  optim_name: str, batch_size: int, max_epochs: int, eval_batch_size: int,
                  clip: float | None = None, label: str = "population", reseed: bool | None = None,
-                 rows: bool = True):
+                 rows: bool = True, fused: bool = True):
         t0 = time.perf_counter()
         self.replicas, self.data, self.label = list(replicas), data, label
         self.batch_size, self.max_epochs, self.eval_batch_size, self.clip = batch_size, max_epochs, eval_batch_size, clip
@@ -288,7 +296,7 @@ class Training:
         if self.maxnorm is not None:
             self.pop.max_norm_(self.maxnorm)  # max-norm also projects the initial weights
         self.opt = make_optimizer(self.pop, optim_name, [r.lr for r in replicas], [reg.weight_decay for reg in regs],
-                                  [r.momentum for r in replicas])
+                                  [r.momentum for r in replicas], fused=fused)
         self.final = self.pop.snapshot()                                   # every replica's last weights
         self.best = self.pop.snapshot() if any(t.restore for t in self.trackers) else None
         self.active = list(range(S))                                       # population row j is replica active[j]
