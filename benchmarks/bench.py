@@ -7,7 +7,11 @@
                             in process for 20 epochs, and as whole commands at the default 170 epochs;
                             a population of 50 (10 seeds x 5 dropout rates) / a raw batched-matmul loop
                             of the same 50-replica MLP written here (the ceiling of stacking); rows
-                            mode (the engine's fast path) / vmap, and / the raw loop, at 10 replicas
+                            mode (the engine's fast path) / vmap, and / the raw loop, at 10 replicas;
+                            loop mode (conv models) / vmap and / separate runs: the MNIST-1D CNN at 10
+                            replicas, the seed document's CNN at 4; a tuned study's 10 random start-up
+                            trials x 3 seeds (each trial its own lr and p) as one population / one
+                            trial's 3 seeds at a time
     4. parallel sweep       2 arms x 4 seeds: basic launcher / joblib launcher (2 jobs x 1 thread), and
                             basic / the default (stacking) launcher
     5. start-up             `python run.py --help`; a 1-epoch run, its import and set-up seconds
@@ -19,7 +23,9 @@ numbers are only comparable within one run on one machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -203,6 +209,104 @@ def rows_vs_vmap(epochs: int, repeats: int) -> dict:
             "epochs": epochs, "steps_per_epoch": raw_steps // (len(seeds) * epochs)}
 
 
+LOOP_SETTINGS = {  # model: (replicas, epochs, data overrides); seed_cnn: ~75 ms a seed-step, so few steps
+    "cnn1d": (10, 3, ["data=mnist1d"]),
+    "seed_cnn": (4, 2, ["data=mnist5k", "data.resize=[14,14]", "data.train_size=1000"]),
+}
+
+
+def loop_vs_vmap(repeats: int) -> dict:
+    """Conv models' populations: loop mode (each replica's convolutions its own calls) against vmap
+    (one grouped convolution) and against separate runs (populations of one), seed-steps per second
+    of the engine's training loop (engine/fit.py's plain driver, per-epoch validation included),
+    `dropout` arm, interleaved repeats."""
+    import torch
+
+    from conftest import compose
+    from regbench.app import network_of, regularization_of
+    from regbench.config import validate
+    from regbench.data import build_data
+    from regbench.engine.fit import Replica, fit
+
+    torch.set_num_threads(1)
+    out = {}
+    for model, (S, epochs, over) in LOOP_SETTINGS.items():
+        cfg = compose([f"model={model}", "regularizer=dropout", f"trainer.max_epochs={epochs}", *over])
+        rc = validate(cfg)
+        reg = regularization_of(rc)
+        data = build_data(rc.data.name, **{k: getattr(rc.data, k) for k in cfg.data if k != "name"})
+        times: dict[str, list[float]] = {"loop": [], "vmap": [], "separate": []}
+        seed_steps = 0
+        for _ in range(repeats):
+            for mode in times:
+                groups = [[s] for s in range(S)] if mode == "separate" else [list(range(S))]
+                total, seed_steps = 0.0, 0
+                for seeds in groups:
+                    nets = []
+                    for s in seeds:
+                        torch.manual_seed(s)
+                        nets.append(network_of(rc, data, reg, [k for k in cfg.model if k != "name"]))
+                    recs, pop, _ = fit(nets, [Replica(seed=s, reg=reg, lr=1e-3) for s in seeds], data,
+                                       optim_name="adam", batch_size=rc.optim.batch_size, max_epochs=epochs,
+                                       eval_batch_size=1000, loop=mode == "loop")
+                    total += recs[0]["train_seconds"] * len(seeds)
+                    seed_steps += sum(r["steps"] for r in recs)
+                times[mode].append(total)
+        rate = {k: seed_steps / statistics.median(v) for k, v in times.items()}
+        out[model] = {**rate, "replicas": S, "epochs": epochs, "loop_over_vmap": rate["loop"] / rate["vmap"],
+                      "loop_over_separate": rate["loop"] / rate["separate"]}
+    return out
+
+
+def trials_stacked(epochs: int, repeats: int) -> dict:
+    """protocol=tuned's stacked trials: 10 trials x 3 seeds of the dropout MLP, each trial its own
+    (lr, p) drawn as TPE's start-up trials draw them (log-uniform lr in [1e-4, 3e-2], uniform p in
+    [0.05, 0.8]), trained as one population of 30 and as 10 populations of 3 (one trial at a time);
+    seed-steps per second of the engine's training loop, interleaved repeats."""
+    import random
+
+    import torch
+
+    from conftest import compose
+    from regbench.app import network_of, regularization_of
+    from regbench.config import validate
+    from regbench.data import build_data
+    from regbench.engine.fit import Replica, fit
+
+    torch.set_num_threads(1)
+    rc = validate(compose(["regularizer=dropout", f"trainer.max_epochs={epochs}"]))
+    data = build_data("mnist1d", root=rc.data.root, val_size=rc.data.val_size, split_seed=rc.data.split_seed,
+                      train_size=None, generator_seed=rc.data.generator_seed)
+    rng = random.Random(0)
+    trials = [(10 ** rng.uniform(-4, math.log10(3e-2)), rng.uniform(0.05, 0.8)) for _ in range(10)]
+
+    def members(trial_list):
+        nets, reps = [], []
+        for lr, p in trial_list:
+            r = dataclasses.replace(rc.regularizer, dropout=dataclasses.replace(rc.regularizer.dropout, p=p))
+            reg = regularization_of(dataclasses.replace(rc, regularizer=r))
+            for seed in range(3):
+                torch.manual_seed(seed)
+                nets.append(network_of(rc, data, reg, ["hidden", "depth"]))
+                reps.append(Replica(seed=seed, reg=reg, lr=lr, label=f"{lr}/{p}/{seed}"))
+        return nets, reps
+
+    times: dict[str, list[float]] = {"together": [], "one_at_a_time": []}
+    seed_steps = 0
+    for _ in range(repeats):
+        for mode in times:
+            total, seed_steps = 0.0, 0
+            for group in ([trials] if mode == "together" else [[t] for t in trials]):
+                nets, reps = members(group)
+                recs, _, _ = fit(nets, reps, data, optim_name="adam", batch_size=rc.optim.batch_size,
+                                 max_epochs=epochs, eval_batch_size=1000)
+                total += recs[0]["extra"]["population_train_seconds"]
+                seed_steps += sum(r["steps"] for r in recs)
+            times[mode].append(total)
+    rate = {k: seed_steps / statistics.median(v) for k, v in times.items()}
+    return {**rate, "ratio": rate["together"] / rate["one_at_a_time"], "epochs": epochs}
+
+
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -275,6 +379,8 @@ def main() -> None:
     sc = stacked_commands(args.sweep_epochs)
     pr = population_vs_raw(POPULATION_EPOCHS)
     rv = rows_vs_vmap(POPULATION_EPOCHS, args.repeats)
+    lv = loop_vs_vmap(args.repeats)
+    ts = trials_stacked(POPULATION_EPOCHS, args.repeats)
     sw = sweep_speedup(args.sweep_epochs)
     st = startup()
     ceiling = sc["separate"] / (st["imports_seconds"] + 10 * rv["steps_per_epoch"] * sc["epochs"] / rv["raw"])
@@ -311,6 +417,13 @@ def main() -> None:
         f"{rv['rows_over_vmap']:.2f}x ({rv['rows']:.0f} vs {rv['vmap']:.0f}) | |",
         f"| rows mode / raw batched-matmul loop of the same 10 replicas, seed-steps/s | "
         f"{rv['rows_over_raw']:.2f}x ({rv['rows']:.0f} vs {rv['raw']:.0f}) | |",
+        *(f"| loop mode / vmap, `{m}` population of {v['replicas']} dropout seeds, seed-steps/s, {v['epochs']} "
+          f"epochs | {v['loop_over_vmap']:.2f}x ({v['loop']:.1f} vs {v['vmap']:.1f}) | |" for m, v in lv.items()),
+        *(f"| loop mode / {v['replicas']} separate runs, `{m}`, seed-steps/s | {v['loop_over_separate']:.2f}x "
+          f"({v['loop']:.1f} vs {v['separate']:.1f}) | |" for m, v in lv.items()),
+        f"| tuned study: 10 start-up trials x 3 seeds (each trial its own lr, p) as one population / one trial's "
+        f"3 seeds at a time, seed-steps/s, {ts['epochs']} epochs | {ts['ratio']:.2f}x ({ts['together']:.0f} vs "
+        f"{ts['one_at_a_time']:.0f}) | |",
         f"| parallel sweep speed-up, 2 arms x 4 seeds x {args.sweep_epochs} epochs: sequential {sw['sequential']:.1f} s"
         f" / joblib (2 jobs x 1 thread) {sw['joblib']:.1f} s | {sw['speedup']:.2f}x | >= 1.7x |",
         f"| stacked sweep speed-up, the same sweep: sequential {sw['sequential']:.1f} s / the default launcher "

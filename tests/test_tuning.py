@@ -132,7 +132,7 @@ def test_a_tiny_tuned_sweep_writes_its_records_studies_and_report(tmp_path):
 @pytest.mark.slow  # ~15 s of CPU (two sweeps and a poll); make test-slow
 def test_a_killed_tuning_run_resumes_without_repeating_a_finished_trial(tmp_path):
     args = ["-m", "protocol=tuned", "regularizer=none", "protocol.trials=5", "protocol.tune_seeds=2",
-            "protocol.final_seeds=2", "trainer.max_epochs=12", "trainer.progress_every=0",
+            "protocol.final_seeds=2", "protocol.stack_trials=1", "trainer.max_epochs=12", "trainer.progress_every=0",
             f"runs_root={tmp_path}", "name=k"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
@@ -184,16 +184,99 @@ def test_a_killed_tuning_run_resumes_without_repeating_a_finished_trial(tmp_path
 
 
 def test_a_trial_whose_records_are_ok_is_read_by_run_id_not_retrained(tmp_path):
-    from regbench.app import train_seeds
+    from regbench.app import train_trials
     from regbench.tuning.study import _marked
 
     cfg = _marked(compose(["regularizer=dropout", *TINY_TUNED]), {"optim.lr": 0.003}, "tune", 0, "s")
-    first = train_seeds(cfg, [0, 1], tmp_path, "g", True, "t")
+    [first] = train_trials([cfg], [0, 1], tmp_path, ["g"], True, "t")
     written = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")}
     assert len(written) == 2
-    again = train_seeds(cfg, [0, 1], tmp_path, "g", True, "t")
+    [again] = train_trials([cfg], [0, 1], tmp_path, ["g"], True, "t")
     assert [(r["run_id"], r["metrics"]) for r in again] == [(r["run_id"], r["metrics"]) for r in first]
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")} == written
+
+
+def test_trials_asked_together_train_as_one_population_with_each_runs_own_record(tmp_path, monkeypatch):
+    """Two trials x two seeds: one population of four replicas, each record in its own run's folder
+    with its trial's values and pooling key; a trial's records equal nothing of the other's."""
+    from regbench import app
+    from regbench.tuning.study import _marked
+
+    base = compose(["regularizer=dropout", *TINY_TUNED])
+    cfgs = [_marked(base, {"optim.lr": lr, "regularizer.dropout.p": p}, "tune", n, "s")
+            for n, (lr, p) in enumerate([(0.003, 0.2), (0.01, 0.6)])]
+    calls = []
+    real = app.train_population
+    monkeypatch.setattr(app, "train_population", lambda c, r, d, label: calls.append(len(c)) or real(c, r, d, label))
+    recs = app.train_trials(cfgs, [0, 1], tmp_path, ["g0", "g1"], True, "t")
+    assert calls == [4]
+    for n, (trial, lr, p) in enumerate(zip(recs, (0.003, 0.01), (0.2, 0.6))):
+        assert [r["seed"] for r in trial] == [0, 1] and {r["group_hash"] for r in trial} == {f"g{n}"}
+        assert all(r["status"] == "ok" and r["extra"]["replicas"] == 4 for r in trial)
+        assert {(r["config"]["optim"]["lr"], r["config"]["regularizer"]["dropout"]["p"]) for r in trial} == {(lr, p)}
+        assert all((tmp_path / r["run_id"] / "results.json").exists() for r in trial)
+    assert len({r["run_id"] for t in recs for r in t}) == 4
+    assert app.train_trials(cfgs, [0, 1], tmp_path, ["g0", "g1"], False, "t") == recs and calls == [4]  # read back
+
+
+def _fake_trainer(calls: list):
+    """A trainer for run_study that trains nothing: each config's score is a fixed function of its values."""
+    def train(cfgs, seeds, out_dir, hashes, stack, label):
+        calls.append(len(cfgs))
+        out = []
+        for c in cfgs:
+            lr, p = c.optim.lr, c.regularizer.dropout.p
+            score = 1 - abs(math.log10(lr) + 2.5) / 3 - abs(p - 0.3)
+            out.append([{"status": "ok", "run_id": f"{c.protocol.role}-{c.protocol.trial}-{s}",
+                         "metrics": {"val/acc": score, "test/acc": score}} for s in seeds])
+        return out
+    return train
+
+
+@pytest.mark.parametrize("sampler,batches", [("tpe", [10, 1, 1, 1, 1]), ("random", [14])])
+def test_independent_trials_are_asked_together_and_get_the_values_one_at_a_time_would(tmp_path, sampler, batches):
+    """TPE's 10 random start-up trials (every trial of a random search) in one call of the trainer,
+    the informed ones one at a time; the trials' values, scores and the chosen one equal a study that
+    asks one trial at a time."""
+    import optuna
+
+    from regbench.tuning.study import run_study
+
+    studies = {}
+    for stack_trials in (16, 1):
+        cfg = compose(["regularizer=dropout", *TINY_TUNED, "protocol.trials=14", f"protocol.sampler={sampler}",
+                       f"protocol.stack_trials={stack_trials}"])
+        calls: list = []
+        folder = tmp_path / str(stack_trials)
+        status, best = run_study(cfg, folder, _fake_trainer(calls))
+        assert status == "ok"
+        assert calls == (batches if stack_trials > 1 else [1] * 14) + [1]  # the last: the final seeds
+        study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}")
+        studies[stack_trials] = ([(t.number, t.params, t.value, t.state.name) for t in study.trials], best)
+    assert studies[16] == studies[1]
+    assert len({json.dumps(t[1], sort_keys=True) for t in studies[1][0]}) == 14
+
+
+def test_a_batch_of_trials_interrupted_by_a_kill_is_asked_again_whole(tmp_path):
+    import optuna
+
+    from regbench.tuning.study import run_study
+
+    cfg = compose(["regularizer=dropout", *TINY_TUNED, "protocol.trials=12"])
+    folder = tmp_path / "s"
+
+    def killed(*a):
+        raise KeyboardInterrupt  # the process dies mid-population: its trials stay RUNNING
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, folder, killed)
+    calls: list = []
+    assert run_study(cfg, folder, _fake_trainer(calls))[0] == "ok"
+    trials = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}").trials
+    lost = [t for t in trials[:10]]
+    assert all(t.state.name == "FAIL" and t.user_attrs["interrupted"] for t in lost)
+    assert calls[0] == 10 and [t.params for t in trials[10:20]] == [t.params for t in lost]  # asked again, whole
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 12
 
 
 # ------------------------------------------------------------------------ the test split
@@ -201,13 +284,13 @@ def test_selection_ignores_the_test_split(tmp_path, monkeypatch):
     """A planted permutation of the test labels changes every test metric and no choice."""
     import regbench.data
     from regbench.naming import study_name
-    from regbench.app import train_seeds
+    from regbench.app import train_trials
     from regbench.tuning.study import run_study
 
     cfg = compose(["regularizer=dropout", *TINY_TUNED])
 
     def chosen(folder: Path):
-        status, best = run_study(cfg, folder / study_name(cfg), train_seeds)
+        status, best = run_study(cfg, folder / study_name(cfg), train_trials)
         assert status == "ok"
         recs = records(folder)
         trials = sorted((x["config"]["protocol"]["trial"], x["seed"], x["config"]["optim"]["lr"],

@@ -187,7 +187,7 @@ def run_tuned(cfg: DictConfig, study_dir: Path) -> Outcome:
     except ConfigError as e:
         return Outcome(_reject(e, study_dir))
     try:
-        status, best = run_study(cfg, study_dir, train_seeds)
+        status, best = run_study(cfg, study_dir, train_trials)
     except SystemExit as e:
         _exit_on_sigterm(e)
         raise
@@ -385,54 +385,61 @@ def _ok_record(run_dir: Path) -> dict | None:
     return r if r["status"] in DONE else None
 
 
-def train_seeds(cfg: DictConfig, seeds: list[int], out_dir: Path, group_hash: str | None, stack: bool,
-                label: str) -> list[dict]:
-    """protocol=tuned's trainer (tuning/study.run_study receives it): train `cfg` on `seeds` (one
-    population when possible); write one record per seed into
-    `out_dir/<run id>/`; return the records in seed order. Records already ok are read, not retrained."""
-    cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in seeds]
-    dirs = [out_dir / run_id(c) for c in cfgs]
+def train_trials(cfgs: list[DictConfig], seeds: list[int], out_dir: Path, group_hashes: list[str | None],
+                 stack: bool, label: str) -> list[list[dict]]:
+    """protocol=tuned's trainer (tuning/study.run_study receives it): train each of `cfgs` (a study's
+    trials, or its chosen config) on `seeds`, writing one record per (config, seed) into
+    `out_dir/<run id>/`, with `group_hashes[i]` as config i's pooling key; return, per config, its
+    records in seed order. Records already ok are read, not retrained. With `stack`, the runs left to
+    train form one population per group of configs that differ only in stackable keys (a trial's
+    seeds, and trials asked together); the others train separately."""
+    from regbench.engine.stackable import group_key
+
+    runs = [(c, g, OmegaConf.merge(c, {"seed": s}), s) for c, g in zip(cfgs, group_hashes) for s in seeds]
+    dirs = [out_dir / run_id(r[2]) for r in runs]
     records: list[dict | None] = [_ok_record(d) for d in dirs]
     todo = [i for i, r in enumerate(records) if r is None]
-    if not todo:
-        return records  # type: ignore[return-value]
-    rc = validate(cfg)
-    data_keys = [k for k in cfg.data if k != "name"]
-    model_keys = [k for k in cfg.model if k != "name"]
+    rcs = {i: replace(validate(runs[i][0]), seed=runs[i][3]) for i in todo}
     results: dict[int, dict] = {}
-    why = population_refusal(rc) if stack and len(todo) > 1 else "not stacked"
-    if why is None:
-        for i in todo:
+    groups: dict[str, list[int]] = {}
+    for i in todo:
+        groups.setdefault(group_key(runs[i][2]), []).append(i)
+    for members in groups.values():
+        why = population_refusal(rcs[members[0]]) if stack and len(members) > 1 else "not stacked"
+        if why is not None:
+            if why != "not stacked":
+                log.info("%s: training the seeds separately: %s", label, why)
+            continue
+        for i in members:
             dirs[i].mkdir(parents=True, exist_ok=True)
             clean_partial(dirs[i])
-        out = train_population([cfgs[i] for i in todo], [replace(rc, seed=seeds[i]) for i in todo],
-                                   [dirs[i] for i in todo], label=label)
-        results = dict(zip(todo, out))
-    elif why != "not stacked":
-        log.info("%s: training the seeds separately: %s", label, why)
+        out = train_population([runs[i][2] for i in members], [rcs[i] for i in members], [dirs[i] for i in members],
+                               label=label)
+        results.update(zip(members, out))
     for i in todo:
-        d = dirs[i]
+        cfg, group, cfg_i, seed = runs[i]
+        d, rc_i = dirs[i], rcs[i]
         d.mkdir(parents=True, exist_ok=True)
-        rc_i = replace(rc, seed=seeds[i])
-        record = _base_record(cfgs[i], rc_i, d)
+        record = _base_record(cfg_i, rc_i, d)
         if i not in results:
             clean_partial(d)
             try:
-                results[i] = train(rc_i, d, data_keys=data_keys, model_keys=model_keys,
-                                       hparams=_hparams(cfgs[i]))
+                results[i] = train(rc_i, d, data_keys=[k for k in cfg.data if k != "name"],
+                                   model_keys=[k for k in cfg.model if k != "name"], hparams=_hparams(cfg_i))
             except _rejected():
                 raise
             except Exception as e:  # a failed run is recorded, never lost
                 (d / "traceback.txt").write_text(traceback.format_exc())
                 results[i] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-                log.error("%s seed %d failed: %s", label, seeds[i], results[i]["error"])
+                log.error("%s seed %d failed: %s", label, seed, results[i]["error"])
         record.update(results[i])
-        if group_hash is not None:
-            record["group_hash"] = group_hash
+        if group is not None:
+            record["group_hash"] = group
         record = mark_health(record)
         write_record(d, record)
         records[i] = record
-    return records  # type: ignore[return-value]
+    n = len(seeds)
+    return [records[k * n:(k + 1) * n] for k in range(len(cfgs))]  # type: ignore[misc]
 
 
 def checkpoint_owner(cfg: DictConfig, run_dir: Path) -> dict[str, str]:

@@ -203,6 +203,7 @@ class ProtocolConfig:
     sampler: Optional[str] = one_of(*SAMPLERS, default=None)
     sampler_seed: Optional[int] = rng(NONNEG, None)
     stack: bool = True                                    # train a trial's seeds as one stacked model
+    stack_trials: Optional[int] = rng(POS_INT, None)      # at most this many independent trials in one population (None: 1)
     tune: Optional[dict[str, Any]] = None                 # the shared space of every arm (root-relative keys)
     # set by the protocol on the runs it trains (never by hand): the record's role and trial
     role: Optional[str] = one_of("tune", "final", default=None)

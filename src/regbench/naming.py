@@ -79,7 +79,7 @@ def tuning_spec(cfg: DictConfig | dict) -> dict[str, Any]:
     d.pop("seed", None)
     return {"config": d, "arm_space": (plain.get("regularizer") or {}).get("tune"),
             **{k: prot.get(k) for k in ("tune", "tune_seeds", "tune_seed_start", "metric", "sampler",
-                                        "sampler_seed", "stack")}}
+                                        "sampler_seed", "stack", "stack_trials")}}
 
 
 def study_name(cfg: DictConfig | dict) -> str:

@@ -267,7 +267,8 @@ class Training:
 
     ``reseed``: draw the population's noise from a stream seeded by its members (S > 1); a
     population of one keeps the global generator, which ``seed_everything`` seeded for its run.
-    ``rows``: rows mode where the model allows it (False: vmap; tests compare the two).
+    ``rows``: rows mode where the model allows it; ``loop``: loop mode for models with convolutions
+    (False for both: vmap; tests compare them).
     ``fused``: the fused optimizer kernel for stacked replicas (False: torch's default, rounding as a
     plain loop does; ``make_optimizer``).
     """
@@ -275,7 +276,7 @@ class Training:
     def __init__(self, nets: list[torch.nn.Module], replicas: Sequence[Replica], data: DataSplits, *,
                  optim_name: str, batch_size: int, max_epochs: int, eval_batch_size: int,
                  clip: float | None = None, label: str = "population", reseed: bool | None = None,
-                 rows: bool = True, fused: bool = True):
+                 rows: bool = True, loop: bool = True, fused: bool = True):
         t0 = time.perf_counter()
         self.replicas, self.data, self.label = list(replicas), data, label
         self.batch_size, self.max_epochs, self.eval_batch_size, self.clip = batch_size, max_epochs, eval_batch_size, clip
@@ -284,7 +285,7 @@ class Training:
         self.device = device = data.x_train.device
         regs = [r.reg for r in self.replicas]
         self.objective, self.mc_samples = regs[0].objective, regs[0].mc_samples
-        self.pop = Population(nets, rows=rows and self.objective is cross_entropy).to(device)
+        self.pop = Population(nets, rows=rows and self.objective is cross_entropy, loop=loop).to(device)
         self.trackers = [_tracker(reg) for reg in regs]
         if reseed if reseed is not None else S > 1:
             torch.manual_seed(zlib.crc32(("population:" + ",".join(f"{r.seed}/{r.label}" for r in replicas)).encode()))

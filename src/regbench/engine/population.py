@@ -19,9 +19,16 @@ replica-major batch of S*B rows and the base module runs once, without vmap. Its
 layers become ``RowsLinear`` (one ``baddbmm`` over the stacked weights: Linear's own map, per
 replica), and each dropout layer that says ``row_rates`` gets its rates per row ([S*B, 1]), so its
 own math and the packed-bits masks of single runs apply (``regularizers/layers.py``, rows mode).
-Anything else (convolutions, DropConnect, batch statistics, objectives other than cross-entropy)
-runs under vmap. Measured on the MNIST-1D MLP with dropout, S = 10, one thread: rows mode trains
-1.33-1.35x the seed-steps/s of vmap (``make bench``, "rows mode" row), most of it the cheaper masks.
+Anything else (DropConnect, batch statistics, objectives other than cross-entropy) runs under
+vmap. Measured on the MNIST-1D MLP with dropout, S = 10, one thread: rows mode trains 1.33-1.35x
+the seed-steps/s of vmap (``make bench``, "rows mode" row), most of it the cheaper masks.
+
+Loop mode, for models with convolutions: each replica's forward is ``functional_call`` of the base
+module on that replica's rows of the stacked tensors (``unbind``), one after another, exactly the
+call vmap would batch; the loss, backward and the optimizer step stay one stacked call each. vmap's
+batching rule runs S convolutions as one grouped convolution (``groups=S``), which oneDNN computes
+more slowly than S separate ones on this CPU: the seed document's CNN trained 76 ms a seed-step in a
+separate run and 106 ms in a vmap population of 4 (``benchmarks/bench.py``, "loop mode" rows).
 
 Why replicas stay independent: replica i's loss is its own objective on its own batch, the
 population minimises ``sum_i loss_i`` (so the gradient of replica i's parameters is d loss_i /
@@ -70,6 +77,12 @@ _ROW_WISE = (nn.Linear, nn.Identity, nn.Sequential, nn.Flatten, nn.ReLU, nn.SELU
              nn.Sigmoid, nn.SiLU, nn.LeakyReLU, nn.Softplus)
 
 
+def loop_preferred(net: nn.Module) -> bool:
+    """A model with a convolution trains faster as a loop over its replicas than under vmap (see the
+    module docstring): loop mode."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
+
+
 def rows_blocker(net: nn.Module) -> str | None:
     """Why ``net`` cannot run in rows mode (the first module that does not allow it), or None.
     A model allows it with the class attribute ``rows_independent = True`` (its forward mixes no
@@ -88,9 +101,10 @@ def rows_blocker(net: nn.Module) -> str | None:
 class Population:
     """S replicas as stacked tensors ``params[name]``: [S, *shape] leaves, ``buffers[name]``: [S, *shape].
 
-    ``rows``: use rows mode when the model allows it (the caller's objective is plain cross-entropy)."""
+    ``rows``: use rows mode when the model allows it (the caller's objective is plain cross-entropy).
+    ``loop``: loop mode for a model with convolutions (``loop_preferred``); False: vmap."""
 
-    def __init__(self, nets: list[nn.Module], rows: bool = True):
+    def __init__(self, nets: list[nn.Module], rows: bool = True, loop: bool = True):
         if not nets:
             raise ValueError("a population needs at least one replica")
         first = structure(nets[0])
@@ -100,6 +114,7 @@ class Population:
         self.template = copy.deepcopy(nets[0])          # a real module: replica i is loaded into it on demand
         self.stacked = len(nets) > 1
         self.rows = self.stacked and rows and rows_blocker(nets[0]) is None
+        self.loop = self.stacked and not self.rows and loop and loop_preferred(nets[0])
         if self.stacked:
             from regbench.regularizers.layers import set_stacked
 
@@ -236,12 +251,20 @@ class Population:
         out = base(x.reshape(S * B, *x.shape[2:]))
         return out.view(S, B, *out.shape[1:])
 
+    def _replicas(self) -> list[tuple[dict, dict]]:
+        """Loop mode: each replica's (params, buffers), views of its row of the stacked tensors (one
+        ``unbind`` per tensor, so backward stacks the replicas' gradients in one op)."""
+        rows = [{k: v.unbind(0) for k, v in d.items()} for d in (self.params, self.buffers)]
+        return [tuple({k: v[i] for k, v in d.items()} for d in rows) for i in range(self.size)]
+
     def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
         """Logits [S, B, C]; ``x`` is [S, B, ...] (each replica its batch) or, ``shared``, [B, ...]."""
         if not self.stacked:
             return self.net(x if shared else x[0]).unsqueeze(0)
         if self.rows:
             return self._rows_call(x.expand(self.size, *x.shape) if shared else x)
+        if self.loop:
+            return torch.stack([self._call(p, b, x if shared else x[i]) for i, (p, b) in enumerate(self._replicas())])
         return vmap(self._call, in_dims=(0, 0, None if shared else 0), randomness="different")(
             self.params, self.buffers, x)
 
@@ -261,6 +284,9 @@ class Population:
             # innermost one (measured fwd + bwd at S = 10, B = 100: 165 against 346 us)
             loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
             return loss, logits
+        if self.loop:
+            out = [objective(partial(self._call, p, b), x[i], y[i]) for i, (p, b) in enumerate(self._replicas())]
+            return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
         return vmap(one, randomness="different")(self.params, self.buffers, x, y)
 
     # ------------------------------------------------------------------ per-replica hyperparameters

@@ -19,6 +19,7 @@ STACKABLE_KEYS = (
     "regularizer.dropout.schedule_gamma", "regularizer.dropout.schedule_until",  # per-replica factors
     "regularizer.early_stop.patience", "regularizer.early_stop.min_delta", "regularizer.early_stop.alpha",
     "regularizer.early_stop.strip", "regularizer.early_stop.strips", "regularizer.early_stop.restore_best",
+    "protocol.trial",                         # a tuning trial's number: a label of its records (trials stack)
 )
 # not results, or per-replica by construction: they never split a population
 _IGNORED = ("hydra", "replicas", "force", "name")

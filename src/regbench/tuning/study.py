@@ -13,6 +13,13 @@ name), so it is a real, resumable database of trials. Each trial:
      read for a choice) over the k seeds. A trial in which a seed collapsed, diverged or failed gets no score
      (Optuna state FAIL) and still counts against the budget N.
 
+Trials whose values cannot depend on each other's scores are asked together and trained as one
+population of (trial, seed) replicas (`protocol.stack_trials` of them at most, `stack` on): every trial
+of a random search or a grid, TPE's random start-up trials (its first `n_startup_trials`, 10, less the
+trials already complete), and values queued again after a kill. They get the very values one trial at a
+time would (the samplers draw in the same order, and nothing is told in between that they would read);
+TPE's informed trials then follow one at a time, as before.
+
 When N trials have ended, the best-scoring trial's config (ties: the earlier trial) is trained on the
 M final seeds into `<study_dir>/final/`, with `protocol.role: final`.
 
@@ -41,8 +48,10 @@ from regbench.tuning import space as S
 
 log = logging.getLogger("regbench")
 DB_FILE = "study.db"
-# (cfg, seeds, out_dir, group_hash, stack, label) -> one record per seed, in seed order
-TrainSeeds = Callable[[DictConfig, list, Path, Any, bool, str], list]
+# (cfgs, seeds, out_dir, group_hashes, stack, label) -> per config, one record per seed, in seed order
+TrainTrials = Callable[[list, list, Path, list, bool, str], list]
+# a population holds at most this many replicas (the stacking launcher's max_population default)
+MAX_REPLICAS = 64
 
 
 def direction(metric: str) -> str:
@@ -79,11 +88,24 @@ def counted(trial) -> bool:
                                                   and not trial.user_attrs.get("interrupted"))
 
 
-def run_study(cfg: DictConfig, study_dir: Path, train_seeds: TrainSeeds) -> tuple[str, float]:
+def independent_trials(study, sampler: str) -> int:
+    """How many trials may be asked before any of them is told, their values the same as one trial at
+    a time would get: all for random search and a grid (its points are queued up front); for TPE its
+    random start-up trials not yet complete (TPE reads only complete trials, and draws at random until
+    it has n_startup_trials of them), at least 1."""
+    from optuna.trial import TrialState
+
+    if sampler != "tpe":
+        return 1 << 30
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return max(1, study.sampler._n_startup_trials - complete)
+
+
+def run_study(cfg: DictConfig, study_dir: Path, train_trials: TrainTrials) -> tuple[str, float]:
     """Tune one arm, then train its chosen config on the final seeds. Returns (status, best score).
 
-    `train_seeds(cfg, seeds, out_dir, group_hash, stack, label) -> records`: the composition root's
-    trainer of one config on several seeds (`app.train_seeds`), one record per seed."""
+    `train_trials(cfgs, seeds, out_dir, group_hashes, stack, label) -> records`: the composition root's
+    trainer of configs on several seeds (`app.train_trials`), one list of records (one per seed) per config."""
     import optuna
     from optuna.trial import TrialState
 
@@ -119,35 +141,32 @@ def run_study(cfg: DictConfig, study_dir: Path, train_seeds: TrainSeeds) -> tupl
                 for values in points[:p.trials]:
                     study.enqueue_trial(values)
         tune_seeds = list(range(p.tune_seed_start, p.tune_seed_start + p.tune_seeds))
+        most = max(1, min(p.stack_trials or 1, MAX_REPLICAS // p.tune_seeds)) if p.stack else 1
         statuses = []
-        while sum(counted(t) for t in study.get_trials(deepcopy=False)) < p.trials:
-            trial = study.ask()
-            values = S.suggest(trial, params)
-            cfg_t = _marked(cfg, values, "tune", trial.number, name)
-            try:
-                validate(cfg_t)
-            except ConfigError as e:  # a sampled value the arm refuses (e.g. a cross-field rule)
-                log.warning("%s trial %d: %s", name, trial.number, e)
-                trial.set_user_attr("error", str(e))
-                study.tell(trial, state=TrialState.FAIL)
-                statuses.append("failed")
+        while (done := sum(counted(t) for t in study.get_trials(deepcopy=False))) < p.trials:
+            batch = []
+            for _ in range(min(p.trials - done, most, independent_trials(study, p.sampler))):
+                trial = study.ask()
+                values = S.suggest(trial, params)
+                cfg_t = _marked(cfg, values, "tune", trial.number, name)
+                try:
+                    validate(cfg_t)
+                except ConfigError as e:  # a sampled value the arm refuses (e.g. a cross-field rule)
+                    log.warning("%s trial %d: %s", name, trial.number, e)
+                    trial.set_user_attr("error", str(e))
+                    study.tell(trial, state=TrialState.FAIL)
+                    statuses.append("failed")
+                    continue
+                batch.append((trial, values, cfg_t))
+            if not batch:
                 continue
-            recs = train_seeds(cfg_t, tune_seeds, study_dir / "tune", trial_group_hash(cfg_t), p.stack,
-                               label=f"{name} trial {trial.number}")
-            trial.set_user_attr("run_ids", [r["run_id"] for r in recs])
-            ok = [r for r in recs if r["status"] == "ok"]
-            statuses += [r["status"] for r in recs]
-            if len(ok) == len(recs):
-                score = sum(r["metrics"][p.metric] for r in ok) / len(ok)
-                study.tell(trial, score)
-                log.info("%s trial %d: %s -> %s %.4f", name, trial.number,
-                         ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()),
-                         p.metric, score)
-            else:
-                trial.set_user_attr("error", f"{len(recs) - len(ok)} of {len(recs)} seeds not ok")
-                study.tell(trial, state=TrialState.FAIL)
-                log.warning("%s trial %d: %d of %d seeds not ok: no score (counted against the budget)",
-                            name, trial.number, len(recs) - len(ok), len(recs))
+            numbers = [t.number for t, _, _ in batch]
+            label = f"{name} trial {numbers[0]}" + (f"-{numbers[-1]}" if len(batch) > 1 else "")
+            recs_of = train_trials([c for _, _, c in batch], tune_seeds, study_dir / "tune",
+                                   [trial_group_hash(c) for _, _, c in batch], p.stack, label)
+            for (trial, values, _), recs in zip(batch, recs_of):
+                statuses += [r["status"] for r in recs]
+                _tell(study, trial, values, recs, p.metric, name)
         complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and counted(t)]
         if not complete:
             log.error("%s: no trial of %d finished with every seed ok: no final runs", name, p.trials)
@@ -156,8 +175,8 @@ def run_study(cfg: DictConfig, study_dir: Path, train_seeds: TrainSeeds) -> tupl
         best = max(complete, key=lambda t: (sign * t.value, -t.number))
         cfg_f = _marked(cfg, best.params, "final", best.number, name)
         final_seeds = list(range(p.final_seed_start, p.final_seed_start + p.final_seeds))
-        recs = train_seeds(cfg_f, final_seeds, study_dir / "final", S.final_group_hash(cfg, params), p.stack,
-                           label=f"{name} final")
+        recs = train_trials([cfg_f], final_seeds, study_dir / "final", [S.final_group_hash(cfg, params)], p.stack,
+                            f"{name} final")[0]
         statuses += [r["status"] for r in recs]
         ok = [r["metrics"]["test/acc"] for r in recs if r["status"] == "ok"]
         log.info("%s: chose trial %d (%s %.4f over %d seeds): %s; %d final seeds, mean test/acc %.4f", name,
@@ -166,3 +185,22 @@ def run_study(cfg: DictConfig, study_dir: Path, train_seeds: TrainSeeds) -> tupl
         return worst(statuses or ["ok"]), float(best.value)
     finally:
         lock.release()
+
+
+def _tell(study, trial, values: dict, recs: list[dict], metric: str, name: str) -> None:
+    """The trial's score: the mean of `metric` over its seeds when every seed is ok, else FAIL (counted)."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("run_ids", [r["run_id"] for r in recs])
+    ok = [r for r in recs if r["status"] == "ok"]
+    if len(ok) == len(recs):
+        score = sum(r["metrics"][metric] for r in ok) / len(ok)
+        study.tell(trial, score)
+        log.info("%s trial %d: %s -> %s %.4f", name, trial.number,
+                 ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()),
+                 metric, score)
+    else:
+        trial.set_user_attr("error", f"{len(recs) - len(ok)} of {len(recs)} seeds not ok")
+        study.tell(trial, state=TrialState.FAIL)
+        log.warning("%s trial %d: %d of %d seeds not ok: no score (counted against the budget)",
+                    name, trial.number, len(recs) - len(ok), len(recs))
