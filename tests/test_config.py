@@ -26,9 +26,18 @@ def test_every_group_option_composes_and_validates(group, option):
 
 @pytest.mark.parametrize("option", options("setting"))
 def test_every_study_setting_composes_and_validates(option):
+    """A setting is named data_model[_nSIZE][_eEPOCHS]: what it composes."""
+    import re
+
     rc = validate(compose([f"+setting={option}"]))
-    data, model = option.split("_n")[0].split("_", 1)
+    m = re.fullmatch(r"([a-z0-9]+)_([a-z0-9_]+?)(?:_n(\d+))?(?:_e(\d+))?", option)
+    assert m, option
+    data, model, size, epochs = m.groups()
     assert (rc.data.name, rc.model.name) == (data, model)
+    if size:
+        assert rc.data.train_size == int(size)
+    if epochs:
+        assert rc.trainer.max_epochs == int(epochs)
 
 
 @pytest.mark.parametrize("option", options("experiment"))
