@@ -101,7 +101,8 @@ def test_figures_are_bounded_labelled_by_setting_and_titled_within_the_page(figu
         fig.draw_without_rendering()
         box = fig._suptitle.get_window_extent()
         assert box.x0 >= 0 and box.x1 <= fig.bbox.width, name  # the title is not clipped
-    assert figures["one/curves"].axes[0].get_title() == "mnist1d/mlp: accuracy"  # alone: no setting needed
+    # alone, a setting needs no other keys, but says that it trains on part of its split
+    assert figures["one/curves"].axes[0].get_title() == "mnist1d/mlp, n=500: accuracy"
     for ax in figures["sizes/curves"].axes:
         lo, hi = ax.get_ylim()
         if ax.get_title().endswith("accuracy"):
@@ -141,3 +142,18 @@ def test_a_tuned_arms_tick_rounds_its_chosen_values_and_keeps_its_panel_on_the_p
             assert box.x0 >= 0 and "0.15205" not in t.get_text()
     ticks = [t.get_text() for ax in fig.axes if ax.get_visible() for t in ax.get_yticklabels()]
     assert "dropout\n(dropout.p=0.152)" in ticks
+
+
+def test_a_lone_setting_is_labelled_with_its_training_size_only_when_it_uses_part_of_the_split():
+    import pandas as pd
+
+    from regbench.reporting.plots import context_labels
+
+    def cfg(data, model, size):
+        return {"seed": 0, "data": {"name": data, "train_size": size}, "model": {"name": model},
+                "regularizer": {"name": "none"}, "trainer": {"max_epochs": 6}}
+
+    runs = pd.DataFrame([{"data": "mnist5k", "model": "seed_cnn", "group_hash": "a", "config": cfg("mnist5k", "seed_cnn", 1000)},
+                         {"data": "mnist1d", "model": "mlp", "group_hash": "b", "config": cfg("mnist1d", "mlp", None)}])
+    labels = context_labels(runs, [("mnist5k", "seed_cnn", "a"), ("mnist1d", "mlp", "b")])
+    assert labels == {("mnist5k", "seed_cnn", "a"): "mnist5k/seed_cnn, n=1000", ("mnist1d", "mlp", "b"): "mnist1d/mlp"}

@@ -64,20 +64,24 @@ def _bound(ax, low: float | None, high: float | None, axis: str = "y") -> None:
 
 def context_labels(runs: pd.DataFrame, contexts: list[tuple[str, str, str]]) -> dict[tuple, str]:
     """(data, model, group hash) -> `data/model`, plus `, n=500` etc. when several groups of one
-    data/model differ: the config keys that set them apart (constant within each group)."""
+    data/model differ: the config keys that set them apart (constant within each group). A group that
+    trains on part of its training split says so (`, n=1000`) even when it is its data/model's only one."""
     labels = {ctx: f"{ctx[0]}/{ctx[1]}" for ctx in contexts}
     by_pair: dict[tuple, list[tuple]] = {}
     for ctx in contexts:
         by_pair.setdefault(ctx[:2], []).append(ctx)
     for pair, ctxs in by_pair.items():
-        if len(ctxs) < 2:
-            continue
         settings = {}
         for ctx in ctxs:
             configs = runs.loc[(runs["data"] == ctx[0]) & (runs["model"] == ctx[1]) & (runs["group_hash"] == ctx[2]),
                                "config"]
             flats = [comparable_config(c) for c in configs] or [{}]
             settings[ctx] = {k: v for k, v in flats[0].items() if all(f.get(k) == v for f in flats)}
+        if len(ctxs) < 2:
+            size = _plain(settings[ctxs[0]].get("data.train_size"))
+            if size != "all":
+                labels[ctxs[0]] += f", n={size}"
+            continue
         keys = differing_keys(list(settings.values()))[:3]
         for ctx in ctxs:
             parts = [f"{SHORT.get(k, k.rsplit('.', 1)[-1])}={_plain(settings[ctx].get(k))}" for k in keys]
