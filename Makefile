@@ -81,7 +81,7 @@ study-fixed: $(STAMP)   ## the study's first design: 7 arms x 8 settings x 10 se
 study-tuned: $(STAMP)   ## the study's verdicts: every arm tuned with the same declared budget on the MLP settings, then the conv ones (timed)
 	$(call timed,study-tuned,$(TUNED),$(PY) run.py -m experiment=dropout_vs_early_stopping_tuned && $(PY) run.py -m experiment=dropout_vs_early_stopping_tuned_conv)
 
-study-agreement: $(STAMP)   ## 3 fixed settings x 7 arms x 10 seeds again, stacked into populations (the engine-agreement check, timed)
+study-agreement: $(STAMP)   ## 3 fixed settings x 7 arms x 10 seeds again, as separate runs (the engine-agreement check, timed)
 	$(call timed,study-agreement,$(AGREEMENT),$(PY) run.py -m experiment=dropout_vs_early_stopping_replicas)
 
 table9: $(STAMP)   ## Srivastava et al. Table 9 on the mnist5k digits: L2, max-norm, dropout + L2, dropout + max-norm, tuned (timed), and its report

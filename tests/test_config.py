@@ -47,6 +47,24 @@ def test_every_experiment_preset_composes_and_validates(option):
     assert option.startswith(rc.name) and rc.runs_root == "experiments"
 
 
+@pytest.mark.parametrize("option", options("experiment"))
+def test_every_experiment_presets_launcher_is_the_one_it_names(option):
+    """A preset's `override /hydra/launcher: X` must be what the sweep gets: config.yaml's own launcher
+    override comes after the experiment in its defaults list, so a preset that named Hydra's joblib
+    launcher silently got the stacking one."""
+    import re
+
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from conftest import CONF
+
+    named = re.search(r"override /hydra/launcher: (\w+)", (CONF / "experiment" / f"{option}.yaml").read_text())
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=[f"experiment={option}"], return_hydra_config=True)
+    chosen = cfg.hydra.runtime.choices["hydra/launcher"]
+    assert chosen == (named.group(1) if named else "regbench"), option
+
+
 def test_defaults_are_the_mnist1d_benchmark_protocol():
     rc = validate(compose())
     assert (rc.data.name, rc.model.name, rc.regularizer.name) == ("mnist1d", "mlp", "none")

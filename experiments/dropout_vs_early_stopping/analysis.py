@@ -903,13 +903,14 @@ def agreement_section(fixed: Study, rerun_dir: Path) -> str:
             soft += 1
         rows.append([f"{key[0]}/{key[1]}", key[3], _diff_cell(fx[key]), a, _diff_cell(re_[key]), b,
                      "yes" if a == b else "**no**"])
-    engines = sorted({str(lookup(read_record(p), "extra", "engine")) for p in runs["path"]})
+    sizes = sorted({int(lookup(read_record(p), "extra", "replicas") or 1) for p in runs["path"]})
+    grouping = ", ".join("separate runs" if n == 1 else f"populations of {n}" for n in sizes)
     head = (f"{agree} of {len(keys)} outcomes agree ({100 * agree / len(keys):.0f}%); {soft} disagreement(s) involve "
             f"`equivalent` or `inconclusive` (one run set found an effect or an equivalence the other could not "
             f"show at this power); "
             + (f"**{len(defects)} reverse the outcome (`better` against `worse`), a defect: {', '.join(defects)}**"
                if defects else "none reverses it (`better` against `worse`)")
-            + f". The rerun's records say engine: {', '.join(engines)}.")
+            + f". The rerun's records were trained as {grouping}.")
     return head + "\n\n" + md_table(["setting", "arm", "study: arm − none, pp [95% CI]", "study",
                                      "rerun: arm − none, pp [95% CI]", "rerun", "agree"], rows)
 
