@@ -118,15 +118,15 @@ ARMS = sorted(p.stem for p in (ROOT / "conf" / "regularizer").glob("*.yaml"))
 MODEL_OF = {"drop_path": "resmlp", "spatial_dropout": "cnn1d", "dropblock": "cnn1d", "alpha_dropout": "mlp"}
 
 
-@pytest.mark.parametrize("arm", ARMS)
-def test_every_arm_trains_as_one_population_with_one_record_per_replica(arm, tmp_path):
+@pytest.mark.parametrize("arm,model", [(a, MODEL_OF.get(a, "mlp")) for a in ARMS]
+                         + [("rdrop", "cnn1d"), ("mc_dropout", "cnn1d")])  # loop mode's objective and MC evaluation
+def test_every_arm_trains_as_one_population_with_one_record_per_replica(arm, model, tmp_path):
     """Each of conf/regularizer/'s arms, two seeds as one population through the composition root:
     one ordinary record, curves and best.ckpt per replica, its own seed's trajectory."""
     from omegaconf import OmegaConf
 
     from regbench import app
 
-    model = MODEL_OF.get(arm, "mlp")
     cfg = compose([f"regularizer={arm}", f"model={model}", "trainer.max_epochs=2", "data.train_size=500",
                    "trainer.progress_every=0", "logger=csv"])
     cfgs = [OmegaConf.merge(cfg, {"seed": s}) for s in (0, 1)]
@@ -144,6 +144,8 @@ def test_every_arm_trains_as_one_population_with_one_record_per_replica(arm, tmp
         net.load_state_dict(state["state_dict"])  # a plain module of the model
         assert (d / "csv" / "metrics.csv").exists() or list(d.rglob("metrics.csv"))
         assert r["extra"]["mechanism"]["acc"] == pytest.approx(r["metrics"]["test/acc"], abs=1e-9) or arm == "mc_dropout"
+    if arm == "mc_dropout":  # MC evaluation: each replica its own masks, so its own predictive entropy
+        assert 0 < recs[0]["extra"]["mc_entropy_test"] != recs[1]["extra"]["mc_entropy_test"]
 
 
 # ------------------------------------------------------------------------------------ exactness
@@ -172,7 +174,7 @@ def test_the_fused_optimizer_takes_the_same_steps_up_to_rounding(data):
         before = [{k: v.detach().clone() for k, v in n.named_parameters()} for n in nets]
         t = Training(nets, [Replica(seed=s, reg=reg_for("none"), lr=0.01) for s in (0, 1)], data, optim_name="adam",
                      batch_size=100, max_epochs=1, eval_batch_size=1000, fused=f)
-        assert t.opt.fused is f
+        assert t.opt.opt.defaults.get("fused") is (True if f else None)  # the kernel that really runs
         loss, _ = t.pop.losses(cross_entropy, data.x_train[:200].view(2, 100, -1), data.y_train[:200].view(2, 100))
         t.opt.zero_grad()
         loss.sum().backward()
@@ -236,6 +238,12 @@ def test_row_wise_models_fold_their_replicas_into_one_batch_conv_models_loop_the
     assert (Population(nets).rows, Population(nets).loop) == (mode == "rows", mode == "loop")
     assert not Population(nets, rows=False).rows and not Population(nets[:1]).rows  # asked off; S = 1
     assert not Population(nets, loop=False).loop and not Population(nets[:1]).loop
+    from regbench.engine.population import loop_preferred
+
+    assert loop_preferred(nets[0]) == (model == "cnn1d")
+    with torch.device("meta"):
+        off_cpu = net_of(small, 0, reg, model)
+    assert not loop_preferred(off_cpu)  # off the CPU (a GPU): vmap's grouped convolution
     if mode == "rows":  # and rows mode keeps the module's own layers apart from Linear's batched form
         assert {type(m).__name__ for m in Population(nets).base.modules()} >= {"RowsLinear"}
         subclass = type("Centred", (type(nets[0]),), {"forward": lambda self, x: super(type(self), self).forward(

@@ -219,6 +219,42 @@ def test_trials_asked_together_train_as_one_population_with_each_runs_own_record
     assert app.train_trials(cfgs, [0, 1], tmp_path, ["g0", "g1"], False, "t") == recs and calls == [4]  # read back
 
 
+def test_two_trials_that_drew_the_same_values_are_one_run_trained_once(tmp_path, monkeypatch):
+    from regbench import app
+    from regbench.tuning.study import _marked
+
+    base = compose(["regularizer=dropout", *TINY_TUNED])
+    cfgs = [_marked(base, {"optim.lr": 0.003, "regularizer.dropout.p": 0.2}, "tune", n, "s") for n in (0, 1)]
+    calls = []
+    real = app.train_population
+    monkeypatch.setattr(app, "train_population", lambda c, r, d, label: calls.append(len(d)) or real(c, r, d, label))
+    a, b = app.train_trials(cfgs, [0, 1], tmp_path, ["g0", "g1"], True, "t")
+    assert calls == [2] and a == b and len(list(tmp_path.rglob("results.json"))) == 2
+
+
+def test_a_population_of_trials_that_fails_whole_is_trained_again_one_trial_at_a_time(tmp_path):
+    """A failure of the population (not of a trial) must not cost every trial in it the budget."""
+    import optuna
+
+    from regbench.tuning.study import run_study
+
+    calls: list = []
+    fake = _fake_trainer(calls)
+
+    def fails_together(cfgs, seeds, *a):
+        if len(cfgs) > 1:
+            calls.append(len(cfgs))
+            return [[{"status": "failed", "run_id": f"x{c.protocol.trial}-{s}", "metrics": {}} for s in seeds]
+                    for c in cfgs]
+        return fake(cfgs, seeds, *a)
+
+    cfg = compose(["regularizer=dropout", *TINY_TUNED, "protocol.trials=4", "protocol.sampler=random"])
+    assert run_study(cfg, tmp_path / "s", fails_together)[0] == "ok"
+    assert calls == [4, 1, 1, 1, 1, 1]  # the population, each trial alone, the final seeds
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+
+
 def _fake_trainer(calls: list):
     """A trainer for run_study that trains nothing: each config's score is a fixed function of its values."""
     def train(cfgs, seeds, out_dir, hashes, stack, label):

@@ -398,7 +398,10 @@ def train_trials(cfgs: list[DictConfig], seeds: list[int], out_dir: Path, group_
     runs = [(c, g, OmegaConf.merge(c, {"seed": s}), s) for c, g in zip(cfgs, group_hashes) for s in seeds]
     dirs = [out_dir / run_id(r[2]) for r in runs]
     records: list[dict | None] = [_ok_record(d) for d in dirs]
-    todo = [i for i, r in enumerate(records) if r is None]
+    first = {}  # two trials that drew the same values are one run (one folder): trained once, read by both
+    for i, d in enumerate(dirs):
+        first.setdefault(d, i)
+    todo = [i for i, r in enumerate(records) if r is None and first[dirs[i]] == i]
     rcs = {i: replace(validate(runs[i][0]), seed=runs[i][3]) for i in todo}
     results: dict[int, dict] = {}
     groups: dict[str, list[int]] = {}
@@ -431,13 +434,14 @@ def train_trials(cfgs: list[DictConfig], seeds: list[int], out_dir: Path, group_
             except Exception as e:  # a failed run is recorded, never lost
                 (d / "traceback.txt").write_text(traceback.format_exc())
                 results[i] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-                log.error("%s seed %d failed: %s", label, seed, results[i]["error"])
+                log.error("%s: %s failed: %s", label, d.name, results[i]["error"])
         record.update(results[i])
         if group is not None:
             record["group_hash"] = group
         record = mark_health(record)
         write_record(d, record)
         records[i] = record
+    records = [records[first[d]] for d in dirs]
     n = len(seeds)
     return [records[k * n:(k + 1) * n] for k in range(len(cfgs))]  # type: ignore[misc]
 

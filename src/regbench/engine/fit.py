@@ -158,6 +158,7 @@ class SharedOptimizer:
         try:
             return make(fused=True)  # one pass per tensor instead of ~10; the same update up to rounding
         except (RuntimeError, ValueError, TypeError):  # a device or torch without fused kernels
+            self.fused = False
             return make()
 
     def zero_grad(self) -> None:

@@ -23,12 +23,12 @@ Anything else (DropConnect, batch statistics, objectives other than cross-entrop
 vmap. Measured on the MNIST-1D MLP with dropout, S = 10, one thread: rows mode trains 1.33-1.35x
 the seed-steps/s of vmap (``make bench``, "rows mode" row), most of it the cheaper masks.
 
-Loop mode, for models with convolutions: each replica's forward is ``functional_call`` of the base
+Loop mode, for models with convolutions on the CPU: each replica's forward is ``functional_call`` of the base
 module on that replica's rows of the stacked tensors (``unbind``), one after another, exactly the
 call vmap would batch; the loss, backward and the optimizer step stay one stacked call each. vmap's
 batching rule runs S convolutions as one grouped convolution (``groups=S``), which oneDNN computes
-more slowly than S separate ones on this CPU: the seed document's CNN trained 76 ms a seed-step in a
-separate run and 106 ms in a vmap population of 4 (``benchmarks/bench.py``, "loop mode" rows).
+more slowly than S separate ones on this CPU (``make bench``, "loop mode" rows: the seed document's
+CNN and the MNIST-1D CNN, loop mode against vmap and against separate runs).
 
 Why replicas stay independent: replica i's loss is its own objective on its own batch, the
 population minimises ``sum_i loss_i`` (so the gradient of replica i's parameters is d loss_i /
@@ -78,9 +78,11 @@ _ROW_WISE = (nn.Linear, nn.Identity, nn.Sequential, nn.Flatten, nn.ReLU, nn.SELU
 
 
 def loop_preferred(net: nn.Module) -> bool:
-    """A model with a convolution trains faster as a loop over its replicas than under vmap (see the
-    module docstring): loop mode."""
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
+    """A model with a convolution, on the CPU, trains faster as a loop over its replicas than under vmap
+    (see the module docstring): loop mode. On a GPU S small convolutions one after another would be
+    bound by kernel launches, so vmap's one grouped convolution stays (not measured here: no GPU)."""
+    on_cpu = all(p.device.type == "cpu" for p in net.parameters())
+    return on_cpu and any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
 
 
 def rows_blocker(net: nn.Module) -> str | None:

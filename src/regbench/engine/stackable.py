@@ -19,8 +19,9 @@ STACKABLE_KEYS = (
     "regularizer.dropout.schedule_gamma", "regularizer.dropout.schedule_until",  # per-replica factors
     "regularizer.early_stop.patience", "regularizer.early_stop.min_delta", "regularizer.early_stop.alpha",
     "regularizer.early_stop.strip", "regularizer.early_stop.strips", "regularizer.early_stop.restore_best",
-    "protocol.trial",                         # a tuning trial's number: a label of its records (trials stack)
 )
+# labels of a run that the engine does not read at all: jobs differing only in them stack too
+LABEL_KEYS = ("protocol.trial",)            # a tuning trial's number (protocol=tuned stacks trials)
 # not results, or per-replica by construction: they never split a population
 _IGNORED = ("hydra", "replicas", "force", "name")
 
@@ -32,7 +33,7 @@ def group_key(cfg: DictConfig | dict[str, Any]) -> str:
     d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     for k in _IGNORED:
         d.pop(k, None)
-    for dotted in STACKABLE_KEYS:
+    for dotted in STACKABLE_KEYS + LABEL_KEYS:
         *path, leaf = dotted.split(".")
         node = d
         for part in path:

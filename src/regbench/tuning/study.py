@@ -50,8 +50,6 @@ log = logging.getLogger("regbench")
 DB_FILE = "study.db"
 # (cfgs, seeds, out_dir, group_hashes, stack, label) -> per config, one record per seed, in seed order
 TrainTrials = Callable[[list, list, Path, list, bool, str], list]
-# a population holds at most this many replicas (the stacking launcher's max_population default)
-MAX_REPLICAS = 64
 
 
 def direction(metric: str) -> str:
@@ -141,7 +139,7 @@ def run_study(cfg: DictConfig, study_dir: Path, train_trials: TrainTrials) -> tu
                 for values in points[:p.trials]:
                     study.enqueue_trial(values)
         tune_seeds = list(range(p.tune_seed_start, p.tune_seed_start + p.tune_seeds))
-        most = max(1, min(p.stack_trials or 1, MAX_REPLICAS // p.tune_seeds)) if p.stack else 1
+        most = (p.stack_trials or 1) if p.stack else 1
         statuses = []
         while (done := sum(counted(t) for t in study.get_trials(deepcopy=False))) < p.trials:
             batch = []
@@ -164,6 +162,12 @@ def run_study(cfg: DictConfig, study_dir: Path, train_trials: TrainTrials) -> tu
             label = f"{name} trial {numbers[0]}" + (f"-{numbers[-1]}" if len(batch) > 1 else "")
             recs_of = train_trials([c for _, _, c in batch], tune_seeds, study_dir / "tune",
                                    [trial_group_hash(c) for _, _, c in batch], p.stack, label)
+            if len(batch) > 1 and all(r["status"] == "failed" for recs in recs_of for r in recs):
+                # the population failed as a whole (say, memory): no trial's own doing, so each is trained
+                # again on its own and only its own failure counts against the budget
+                log.warning("%s: the population of trials %s failed: training them one at a time", name, label)
+                recs_of = [train_trials([c], tune_seeds, study_dir / "tune", [trial_group_hash(c)], p.stack,
+                                        f"{name} trial {t.number}")[0] for t, _, c in batch]
             for (trial, values, _), recs in zip(batch, recs_of):
                 statuses += [r["status"] for r in recs]
                 _tell(study, trial, values, recs, p.metric, name)
